@@ -1,0 +1,67 @@
+"""Shared fixtures: a small embedded dataset and briefly trained embedded models, cached across runs.
+
+The cache lives in ``data/test-cache`` (git-ignored; override with ``ADV2_TEST_DATA``), so a fresh clone
+trains once (about a minute on 2 cores) and later runs reuse the checkpoints. Tests that need their own
+empty data root use ``monkeypatch.setenv("ADV2_DATA", tmp_path)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_DATA = Path(os.environ.get("ADV2_TEST_DATA", REPO / "data" / "test-cache"))
+
+
+def pytest_configure(config):
+    TEST_DATA.mkdir(parents=True, exist_ok=True)
+    os.environ["ADV2_DATA"] = str(TEST_DATA)
+    os.environ.setdefault("PREFECT_HOME", str(TEST_DATA / "prefect-home"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def small_data_cfg():
+    """The embedded generator at test scale: same classes and size, fewer images."""
+    from adv2core.data.synthetic import EmbeddedDataConfig
+
+    return EmbeddedDataConfig(seed=0, image_size=64, num_classes=8, train_per_class=160, test_per_class=24)
+
+
+@pytest.fixture(scope="session")
+def small_train_cfg():
+    from adv2core.models.training import TrainConfig
+
+    return TrainConfig(epochs=5, batch_size=64, lr=0.05)
+
+
+def _trained(name, data_cfg, train_cfg):
+    from adv2core.models.registry import train_embedded
+
+    model, metrics = train_embedded(name, data_cfg, train_cfg, progress=False)
+    return model, metrics
+
+
+@pytest.fixture(scope="session")
+def trained_resnet(small_data_cfg, small_train_cfg):
+    """resnet-mini trained briefly on the small set (cached); returns (model, metrics)."""
+    return _trained("resnet-mini", small_data_cfg, small_train_cfg)
+
+
+@pytest.fixture(scope="session")
+def trained_densenet(small_data_cfg, small_train_cfg):
+    return _trained("densenet-mini", small_data_cfg, small_train_cfg)
+
+
+@pytest.fixture(scope="session")
+def test_batch(small_data_cfg):
+    """The first 16 test images of the small embedded set (a Batch with ground-truth masks)."""
+    from adv2core.data.synthetic import EmbeddedDataset
+
+    ds = EmbeddedDataset("test", small_data_cfg)
+    return ds.load(list(range(16)))
