@@ -1,0 +1,43 @@
+# adv2-bench — `make demo` and `make test` work on a fresh clone with nothing installed.
+# pip (not uv): torch/torchvision are served from the local wheel cache on the dev machines.
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+ADV2   := $(VENV)/bin/adv2
+STAMP  := $(VENV)/.installed
+# Exact versions here (served from local disk); pyproject keeps ranges so a GPU host's torch fits too.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: install demo test bench clean-results help
+
+help:
+	@echo "make demo   - install, then run the main benchmark on the embedded default (quick preset)"
+	@echo "make test   - install, then the whole test suite"
+	@echo "make bench  - speed/memory benchmarks -> BENCHMARKS.md"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(ADV2) data prepare
+	$(ADV2) train --model resnet-mini
+	$(ADV2) train --model densenet-mini
+	$(ADV2) explain --images 8 --out data/demo/explain.png
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py --out BENCHMARKS.md
+
+clean-results:
+	rm -rf data/results data/reports

@@ -1,0 +1,94 @@
+"""Commands on the library alone: data, training, explanations, one attack cell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from adv2cli.common import emit_json, pick_device, user_errors
+
+EMBEDDED = ("resnet-mini", "densenet-mini")
+
+
+def register(app: typer.Typer) -> None:
+    data_app = typer.Typer(help="Prepare datasets.", no_args_is_help=True)
+    app.add_typer(data_app, name="data")
+
+    @data_app.command("prepare")
+    @user_errors
+    def data_prepare(
+        seed: int = typer.Option(0, help="Generator seed."),
+        image_size: int = typer.Option(64, help="Image side in pixels."),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    ) -> None:
+        """Generate (or reuse) the embedded procedural dataset under data/datasets."""
+        from adv2core.data.synthetic import EmbeddedDataConfig, prepare_embedded
+
+        path, manifest = prepare_embedded(EmbeddedDataConfig(seed=seed, image_size=image_size))
+        out = {"path": str(path), **manifest}
+        if json_out:
+            emit_json(out)
+        else:
+            counts = manifest.get("counts", {})
+            typer.echo(f"embedded dataset at {path}: {counts} (sha256 {manifest['content_sha256'][:12]})")
+
+    @app.command("train")
+    @user_errors
+    def train(
+        model: str = typer.Option(..., help="Embedded model: resnet-mini or densenet-mini."),
+        epochs: Optional[int] = typer.Option(None, help="Override the number of epochs."),
+        force: bool = typer.Option(False, help="Retrain even when a cached checkpoint exists."),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON object (includes test_accuracy)."),
+    ) -> None:
+        """Train an embedded classifier (cached by architecture, dataset and recipe)."""
+        from adv2core.models.registry import train_embedded
+        from adv2core.models.training import TrainConfig
+
+        cfg = TrainConfig() if epochs is None else TrainConfig(epochs=epochs)
+        _, metrics = train_embedded(model, None, cfg, progress=True, force=force)
+        out = {"model": model, **metrics}
+        if json_out:
+            emit_json(out)
+        else:
+            typer.echo(f"{model}: test accuracy {metrics['test_accuracy']:.4f} ({'cached' if metrics.get('cached') else 'trained'}) -> {metrics['checkpoint']}")
+
+    @app.command("train-rts")
+    @user_errors
+    def train_rts(
+        model: str = typer.Option(..., help="Classifier whose RTS masking model to train."),
+        preset: str = typer.Option("quick", help="Interpreter preset (configs/interpreters/<preset>.yaml)."),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    ) -> None:
+        """Train (or reuse) the RTS masking model for a classifier."""
+        from adv2cli.explain import train_rts_for
+
+        out = train_rts_for(model, preset)
+        if json_out:
+            emit_json(out)
+        else:
+            typer.echo(", ".join(f"{k}={v}" for k, v in out.items()))
+
+    @app.command("explain")
+    @user_errors
+    def explain(
+        model: list[str] = typer.Option(list(EMBEDDED), help="Model(s) to explain."),
+        interpreter: list[str] = typer.Option(["grad", "cam", "rts", "mask"], help="Interpreter(s)."),
+        images: int = typer.Option(8, min=1, help="Number of test images."),
+        out: Path = typer.Option(Path("data/demo/explain.png"), help="PNG grid to write."),
+        score: bool = typer.Option(False, help="Also print the localisation score (top-k IoU with GT masks) per model x interpreter."),
+        preset: str = typer.Option("quick", help="Interpreter preset for RTS/MASK settings."),
+        device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    ) -> None:
+        """Explain embedded test images with each interpreter and write a PNG grid (with GT masks)."""
+        from adv2cli.explain import run_explain
+
+        result = run_explain(model, interpreter, images, out, score=score, preset=preset, device=pick_device(device))
+        if json_out:
+            emit_json(result)
+        else:
+            typer.echo(f"wrote {result['png']}")
+            for key, val in result.get("localization", {}).items():
+                typer.echo(f"  localisation IoU {key}: {val['mean']:.3f} [{val['lo']:.3f}, {val['hi']:.3f}]")
