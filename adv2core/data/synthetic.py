@@ -282,6 +282,9 @@ def _ensure(cfg: EmbeddedDataConfig, want: str | None = None) -> tuple[Path, dic
             _atomic_write(root / f"{sp}.pt", lambda p, d=loaded[sp]: torch.save(d, p))
         _atomic_write(root / "manifest.json", lambda p: p.write_text(json.dumps(manifest, indent=2, sort_keys=True)))
     assert manifest is not None
+    # One digest for the whole dataset: what checkpoints and result configs are keyed by.
+    manifest = dict(manifest, content_sha256=hashlib.sha256(
+        "".join(f"{sp}:{manifest['sha256'][sp]};" for sp in SPLITS).encode()).hexdigest())
     return root, manifest, (loaded[want] if want else None)
 
 
