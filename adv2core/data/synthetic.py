@@ -259,6 +259,11 @@ def _read_manifest(path: Path) -> dict | None:
         return None
 
 
+def _dataset_digest(split_sha: dict) -> str:
+    """One digest for the whole dataset: what checkpoints and result configs are keyed by."""
+    return hashlib.sha256("".join(f"{sp}:{split_sha.get(sp)};" for sp in SPLITS).encode()).hexdigest()
+
+
 def _ensure(cfg: EmbeddedDataConfig, want: str | None = None) -> tuple[Path, dict, dict[str, torch.Tensor] | None]:
     """Validate or (re)build the cache; return (dir, manifest, tensors of split ``want`` if asked)."""
     root = embedded_cache_path(cfg)
@@ -267,6 +272,7 @@ def _ensure(cfg: EmbeddedDataConfig, want: str | None = None) -> tuple[Path, dic
     manifest = _read_manifest(root / "manifest.json")
     loaded: dict[str, dict[str, torch.Tensor]] = {}
     ok = manifest is not None and all(manifest.get(k) == v for k, v in expected.items())
+    ok = ok and manifest.get("content_sha256") == _dataset_digest(manifest.get("sha256", {}))
     if ok:
         for sp in SPLITS:
             data = _load_split_file(root / f"{sp}.pt")
@@ -278,13 +284,11 @@ def _ensure(cfg: EmbeddedDataConfig, want: str | None = None) -> tuple[Path, dic
         loaded = {sp: generate_split(cfg, sp) for sp in SPLITS}
         manifest = dict(expected, files={sp: f"{sp}.pt" for sp in SPLITS},
                         sha256={sp: _content_sha256(loaded[sp]) for sp in SPLITS})
+        manifest["content_sha256"] = _dataset_digest(manifest["sha256"])
         for sp in SPLITS:
             _atomic_write(root / f"{sp}.pt", lambda p, d=loaded[sp]: torch.save(d, p))
         _atomic_write(root / "manifest.json", lambda p: p.write_text(json.dumps(manifest, indent=2, sort_keys=True)))
     assert manifest is not None
-    # One digest for the whole dataset: what checkpoints and result configs are keyed by.
-    manifest = dict(manifest, content_sha256=hashlib.sha256(
-        "".join(f"{sp}:{manifest['sha256'][sp]};" for sp in SPLITS).encode()).hexdigest())
     return root, manifest, (loaded[want] if want else None)
 
 
