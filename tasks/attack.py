@@ -1,0 +1,117 @@
+"""Attack stage: one task per (model, interpreter, attack, shard), never per image.
+
+The task receives only names and the small resolved-config payload, loads the model and interpreter
+inside the worker (per-thread cache, :mod:`tasks.worker`), runs the bench cell over the shard in
+batches, writes the shard's ``samples`` rows and its heavy arrays through the results store (atomic,
+manifest last) and returns a small summary dict.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from adv2core.config import ResolvedConfig
+from adv2core.store import ResultStore, ShardUnit, table_from_rows
+from tasks import worker
+from tasks.common import Deadline, identity, retry_transient, to_numpy, unit_summary
+
+
+def attack_config(rc: ResolvedConfig):
+    """The attacks package's config object rebuilt from the (pruned, expanded) payload."""
+    from adv2core.attacks.config import AttacksConfig, validate_config
+
+    return validate_config(AttacksConfig, rc.attack_params)
+
+
+def _run_cell_fn():
+    from adv2core.bench.cell import run_cell
+
+    return run_cell
+
+
+def run_attack_shard(payload: dict[str, Any], run: dict[str, Any], model: str, interpreter: str, attack: str,
+                     shard: int) -> dict[str, Any]:
+    """Body of the attack task (also called inline by tests and the inline engine)."""
+    rc = ResolvedConfig.from_payload(payload)
+    worker.setup_worker(rc)
+    worker.set_torch_threads(rc.bench.pipeline.torch_threads)
+    unit = ShardUnit(rc.config_hash, "attack", model, interpreter, attack, shard, rc.num_shards)
+    store = ResultStore(rc.results_root)
+    if store.is_complete(unit):
+        return unit_summary(unit, "skipped")
+    t0 = time.perf_counter()
+    deadline = Deadline(rc.bench.pipeline.shard_budget_s, f"{model}/{interpreter}/{attack} {unit.shard_name}")
+    device = worker.resolve_device(rc.bench.pipeline.device)
+    ds = worker.get_dataset(rc)
+    indices = worker.shard_dataset_indices(rc, len(ds), shard)
+    index_of = {ds.ids[i]: i for i in indices}
+    model_obj = worker.get_model(rc, model, device)
+    interp_obj = worker.get_interpreter(rc, model, interpreter, device)
+    cfg = attack_config(rc)
+    run_cell = _run_cell_fn()
+    takes_deadline = "deadline" in inspect.signature(run_cell).parameters
+    base = {**identity(rc, run, unit), "interpreter": interpreter}
+
+    rows: list[dict[str, Any]] = []
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ARRAY_KEYS}
+    bs = rc.bench.attacks.batch_size
+    for start in range(0, len(indices), bs):
+        deadline.check()
+        batch = ds.load(indices[start:start + bs])
+        for err in batch.errors:
+            rows.append({**base, "image_id": err.image_id, "status": "error", "error": err.reason})
+        if len(batch) == 0:
+            continue
+        kw: dict[str, Any] = {"seed": int(rc.bench.seed), "device": device, "model": model_obj,
+                              "interpreter": interp_obj}
+        if takes_deadline and deadline.at is not None:
+            kw["deadline"] = deadline.at
+        res = run_cell(model, interpreter, attack, batch.to(device), cfg, **kw)
+        cell_rows = [{**r, **base} for r in res.rows]
+        rows.extend(cell_rows)
+        _collect_arrays(parts, batch, res, cell_rows, index_of)
+    deadline.check()
+
+    table = table_from_rows("samples", rows)
+    arrays = {k: np.concatenate(v) for k, v in parts.items() if v} or None
+    seconds = time.perf_counter() - t0
+    store.write_shard(unit, {"samples": table}, arrays, run_id=run["run_id"], seconds=seconds)
+    n_ok = sum(1 for r in rows if r.get("status") == "ok")
+    n_success = sum(1 for r in rows if r.get("success"))
+    return unit_summary(unit, "done", rows=len(rows), ok=n_ok, success=n_success, seconds=round(seconds, 3),
+                        device=worker.device_label(device))
+
+
+#: Arrays stored per attack shard (one entry per attacked image, in row order of the ok/failed rows).
+ARRAY_KEYS = ("image_id", "index", "true_class", "target_class", "success", "perturbation", "benign_maps", "adv_maps")
+
+
+def _collect_arrays(parts: dict[str, list[np.ndarray]], batch: Any, res: Any, cell_rows: list[dict[str, Any]],
+                    index_of: dict[str, int]) -> None:
+    ids = list(batch.ids)
+    by_id = {r["image_id"]: r for r in cell_rows}
+    parts["image_id"].append(np.asarray(ids, dtype=str))
+    parts["index"].append(np.asarray([index_of[i] for i in ids], dtype=np.int64))
+    parts["true_class"].append(to_numpy(batch.labels, np.int64))
+    parts["target_class"].append(to_numpy(res.target_classes, np.int64))
+    parts["success"].append(np.asarray([bool(by_id.get(i, {}).get("success")) for i in ids], dtype=bool))
+    parts["perturbation"].append(to_numpy(res.perturbation_int16, np.int16))
+    parts["benign_maps"].append(to_numpy(res.benign_maps, np.float16))
+    parts["adv_maps"].append(to_numpy(res.adv_maps, np.float16))
+
+
+attack_shard = task(
+    name="attack-shard",
+    task_run_name="attack-{model}-{interpreter}-{attack}-{shard}",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_transient,
+    persist_result=False,
+)(run_attack_shard)

@@ -1,0 +1,96 @@
+"""Small pieces shared by the task bodies: retry policy, budgets, identity columns, summaries."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from adv2core.config import ResolvedConfig
+from adv2core.errors import Adv2Error
+from adv2core.store.layout import ShardUnit
+
+
+class ShardBudgetExceeded(Adv2Error):
+    """A shard ran past ``pipeline.shard_budget_s``: it is not written and a rerun recomputes it."""
+
+
+class Deadline:
+    """A per-shard wall-clock budget, checked between batches (threads cannot be interrupted safely).
+
+    Prefect's ``timeout_seconds`` cannot stop a thread that is inside a CUDA kernel or a C call
+    (stack-notes 1.3), so the shard loop checks the clock itself and gives up cleanly, leaving no files.
+    """
+
+    def __init__(self, seconds: float | None, what: str) -> None:
+        self.seconds = seconds
+        self.what = what
+        self.start = time.monotonic()
+        self.at = None if seconds is None else self.start + seconds
+
+    def remaining(self) -> float | None:
+        return None if self.at is None else self.at - time.monotonic()
+
+    def check(self) -> None:
+        if self.at is not None and time.monotonic() > self.at:
+            raise ShardBudgetExceeded(
+                f"{self.what} exceeded its budget of {self.seconds:g} s (pipeline.shard_budget_s); "
+                f"it was not written and a rerun will retry it"
+            )
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Worth a retry: I/O trouble and CUDA out-of-memory. Never user errors (Adv2Error) or bugs."""
+    if exc is None or isinstance(exc, Adv2Error):
+        return False
+    if isinstance(exc, OSError):
+        return True
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except (ImportError, AttributeError):  # pragma: no cover
+        pass
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry only when :func:`is_transient` says so."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except BaseException as e:  # the result itself may re-raise
+        exc = e
+    return is_transient(exc if isinstance(exc, BaseException) else None)
+
+
+def identity(rc: ResolvedConfig, run: dict[str, Any], unit: ShardUnit) -> dict[str, Any]:
+    """Columns every row of a unit carries: who wrote it, with which config/code/seed, where."""
+    return {
+        "run_id": run["run_id"],
+        "config_hash": rc.config_hash,
+        "code_version": run["code_version"],
+        "seed": int(rc.bench.seed),
+        "dataset": rc.bench.data.dataset,
+        "shard": unit.shard,
+        "num_shards": unit.num_shards,
+        "model": unit.model,
+        "attack": unit.attack,
+    }
+
+
+def to_numpy(x: Any, dtype: Any = None) -> np.ndarray:
+    """Tensor / array / list -> numpy on the host (called once per batch, outside attack loops)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    return a.astype(dtype) if dtype is not None and a.dtype != dtype else a
+
+
+def unit_summary(unit: ShardUnit, status: str, **extra: Any) -> dict[str, Any]:
+    """The small dict a task returns (never tensors): enough for progress and the run summary."""
+    return {
+        "stage": unit.stage, "model": unit.model, "interpreter": unit.interpreter, "attack": unit.attack,
+        "shard": unit.shard, "num_shards": unit.num_shards, "status": status, **extra,
+    }

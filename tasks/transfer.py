@@ -1,0 +1,111 @@
+"""Cross-evaluation stage: per (model, shard), every interpreter's map of every adversarial example.
+
+For each source (interpreter i, attack a) of the shard, the adversarial images are rebuilt exactly
+from the stored int16 perturbation (``apply_int16_perturbation`` on the reloaded clean images: the
+same uint8-quantised image the attack's success was decided on) and re-explained by every
+interpreter j; the rows (i, j) give the transferability matrix, the PGD sources its reference row.
+Each (i, a) is written as its own ``transfer`` unit, so a crash loses at most one of them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from adv2core.config import ResolvedConfig
+from adv2core.errors import Adv2Error
+from adv2core.store import ResultStore, ShardUnit, table_from_rows
+from adv2core.store.arrays import read_arrays
+from adv2core.store.layout import arrays_path
+from tasks import worker
+from tasks.common import Deadline, identity, retry_transient, unit_summary
+
+
+class MissingSource(Adv2Error):
+    """The attack shard a transfer unit needs is not complete (it failed or was interrupted)."""
+
+
+def transfer_units(rc: ResolvedConfig, model: str, shard: int) -> list[ShardUnit]:
+    """The transfer units of one (model, shard): one per (source interpreter, cross-evaluated attack)."""
+    return [
+        ShardUnit(rc.config_hash, "transfer", model, interp, attack, shard, rc.num_shards)
+        for attack in rc.cross_eval_attacks
+        for interp in rc.bench.interpreters.names
+    ]
+
+
+def _cross_evaluate_fn():
+    from adv2core.bench.cell import cross_evaluate
+
+    return cross_evaluate
+
+
+def run_transfer_shard(payload: dict[str, Any], run: dict[str, Any], model: str, shard: int) -> dict[str, Any]:
+    """Body of the transfer task: writes every missing transfer unit of (model, shard)."""
+    rc = ResolvedConfig.from_payload(payload)
+    worker.setup_worker(rc)
+    worker.set_torch_threads(rc.bench.pipeline.torch_threads)
+    store = ResultStore(rc.results_root)
+    units = [u for u in transfer_units(rc, model, shard) if not store.is_complete(u)]
+    first = ShardUnit(rc.config_hash, "transfer", model, "all", "all", shard, rc.num_shards)
+    if not units:
+        return unit_summary(first, "skipped", units=0)
+    t_all = time.perf_counter()
+    deadline = Deadline(rc.bench.pipeline.shard_budget_s, f"transfer {model} shard {shard}")
+    device = worker.resolve_device(rc.bench.pipeline.device)
+    ds = worker.get_dataset(rc)
+    model_obj = worker.get_model(rc, model, device)
+    interps = worker.get_interpreters(rc, model, rc.bench.interpreters.names, device)
+    cross_evaluate = _cross_evaluate_fn()
+    from adv2core.metrics import apply_int16_perturbation
+
+    written = 0
+    rows_total = 0
+    for unit in units:
+        deadline.check()
+        t0 = time.perf_counter()
+        src = ShardUnit(rc.config_hash, "attack", model, unit.interpreter, unit.attack, shard, rc.num_shards)
+        if not store.is_complete(src):
+            raise MissingSource(f"transfer of {model}/{unit.interpreter}/{unit.attack} {unit.shard_name} needs "
+                                f"its attack shard, which is not complete")
+        base = {**identity(rc, run, unit), "source_interpreter": unit.interpreter}
+        rows: list[dict[str, Any]] = []
+        arr_file = arrays_path(store.root, src)
+        if arr_file.is_file():
+            arrs = read_arrays(arr_file)
+            ids = [str(i) for i in arrs["image_id"]]
+            if ids:
+                batch = ds.load(arrs["index"].tolist())
+                if list(batch.ids) != ids:
+                    raise MissingSource(f"images of {src.shard_name} could not be reloaded identically "
+                                        f"(dataset changed since the attack?)")
+                x = batch.images.to(device)
+                delta = torch.as_tensor(arrs["perturbation"]).to(device)
+                x_adv = apply_int16_perturbation(x, delta)
+                y = torch.as_tensor(arrs["true_class"]).to(device)
+                y_t = torch.as_tensor(arrs["target_class"]).to(device)
+                success = {i: bool(s) for i, s in zip(ids, arrs["success"])}
+                out = cross_evaluate(model_obj, interps, x, x_adv, y, y_t, ids)
+                for r in out:
+                    rows.append({**r, **base, "success": success.get(r["image_id"])})
+        table = table_from_rows("transfer", rows)
+        store.write_shard(unit, {"transfer": table}, None, run_id=run["run_id"], seconds=time.perf_counter() - t0)
+        written += 1
+        rows_total += len(rows)
+    return unit_summary(first, "done", units=written, rows=rows_total,
+                        seconds=round(time.perf_counter() - t_all, 3), device=worker.device_label(device))
+
+
+transfer_shard = task(
+    name="transfer-shard",
+    task_run_name="transfer-{model}-{shard}",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_transient,
+    persist_result=False,
+)(run_transfer_shard)
