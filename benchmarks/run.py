@@ -1,0 +1,235 @@
+#!/usr/bin/env python
+"""Speed and memory benchmarks -> BENCHMARKS.md (``make bench``).
+
+What is measured, and why:
+
+* **classifier passes** (forward+backward, batch 32): the unit in which spec section 7.3 states every
+  attack's cost ("pass-equivalents"), so attack timings can be read against the official code's;
+* **interpreter maps** (batch 32): the benign-map cost per interpreter, and Grad's double backward;
+* **attack steps**: seconds per step per image for PGD and each ADV^2 variant at the quick preset's
+  settings (step counts capped so the benchmark finishes), on random-weight models — cost does not
+  depend on the weights;
+* **store**: shard writes (atomic, with manifest) and a DuckDB group-by over all shards;
+* **peak RSS** of the process.
+
+Timings are medians of repeats after a warm-up. Run on a GPU host with ``--device cuda``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timeit(fn: Callable[[], object], device: str, repeats: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _mini(name: str, device: str):
+    from adv2core.models.mini import densenet_mini, resnet_mini
+
+    torch.manual_seed(0)
+    fn = resnet_mini if name == "resnet-mini" else densenet_mini
+    return fn(8, 64).to(device).eval().requires_grad_(False)
+
+
+def bench_passes(device: str, batch: int, repeats: int) -> list[tuple[str, str, str]]:
+    rows = []
+    for name in ("resnet-mini", "densenet-mini"):
+        m = _mini(name, device)
+        x = torch.rand(batch, 3, 64, 64, device=device)
+
+        def fb():
+            xr = x.clone().requires_grad_(True)
+            m(xr).sum().backward()
+
+        t = timeit(fb, device, repeats)
+        rows.append((name, f"forward+backward, batch {batch}, 64x64", f"{t * 1000:.1f} ms ({batch / t:.0f} img/s)"))
+    return rows
+
+
+def bench_maps(device: str, batch: int, repeats: int, mask_iters: int) -> list[tuple[str, str, str]]:
+    from adv2core.interpreters import CAM, Grad
+    from adv2core.interpreters.config import load_interpreter_config
+    from adv2core.interpreters.mask import MASK
+    from adv2core.interpreters.rts import RTS
+    from adv2core.interpreters.rts_model import build_masker
+
+    rows = []
+    cfgs = load_interpreter_config("quick")
+    for name in ("resnet-mini", "densenet-mini"):
+        m = _mini(name, device)
+        x = torch.rand(batch, 3, 64, 64, device=device)
+        y = torch.randint(0, 8, (batch,), device=device)
+        ids = [f"b{i}" for i in range(batch)]
+        interps = {
+            "grad": Grad(m),
+            "cam": CAM(m),
+            "rts": RTS(m, build_masker(m, cfgs["rts"]).to(device).eval()),
+            "mask": MASK(m, cfgs["mask"].model_copy(update={"iterations": mask_iters})),
+        }
+        for iname, interp in interps.items():
+            t = timeit(lambda: interp.explain(x, y, ids=ids), device, repeats)
+            note = f" ({mask_iters} Adam iterations)" if iname == "mask" else ""
+            rows.append((name, f"{iname} map, batch {batch}{note}", f"{t * 1000:.1f} ms ({t / batch * 1000:.2f} ms/img)"))
+        grad = interps["grad"]
+
+        def dbl():
+            xr = x.clone().requires_grad_(True)
+            grad.differentiable_map(xr, y).pow(2).sum().backward()
+
+        t = timeit(dbl, device, repeats)
+        rows.append((name, f"grad map + double backward (attack step core), batch {batch}", f"{t * 1000:.1f} ms"))
+    return rows
+
+
+def bench_attacks(device: str, batch: int, steps: int) -> list[tuple[str, str, str]]:
+    """Seconds per attack step per image at quick settings, all step counts capped to ``steps``."""
+    from adv2core.attacks.config import load_preset
+    from adv2core.attacks.registry import build_attack
+    from adv2core.interpreters import CAM, Grad
+    from adv2core.interpreters.config import load_interpreter_config
+    from adv2core.interpreters.mask import MASK
+    from adv2core.interpreters.rts import RTS
+    from adv2core.interpreters.rts_model import build_masker
+
+    from adv2core.config import cap_steps  # the pipeline's step cap, so the benchmark matches smoke runs
+
+    rows = []
+    preset = load_preset("quick")
+    capped = type(preset).model_validate(cap_steps(preset.model_dump(), steps))
+    cfgs = load_interpreter_config("quick")
+    m = _mini("resnet-mini", device)
+    x = torch.rand(batch, 3, 64, 64, device=device)
+    interps = {
+        "grad": Grad(m),
+        "cam": CAM(m),
+        "rts": RTS(m, build_masker(m, cfgs["rts"]).to(device).eval()),
+        "mask": MASK(m, cfgs["mask"].model_copy(update={"iterations": min(steps, cfgs["mask"].iterations)})),
+    }
+    target = torch.randint(0, 8, (batch,), device=device)
+    ids = [f"b{i}" for i in range(batch)]
+    for attack_name, names in (("pgd", ["cam"]), ("adv2", list(interps)), ("stadv", ["cam"]), ("stadv-adv2", ["cam"])):
+        for iname in names:
+            atk = build_attack(attack_name, m, interps[iname], capped, seed=0)
+            tmap = interps[iname].explain(x, target, ids=ids)
+            _sync(device)
+            t0 = time.perf_counter()
+            res = atk(x, target, target_map=tmap, ids=ids)
+            _sync(device)
+            dt = time.perf_counter() - t0
+            total_steps = float(res.steps.float().mean().item()) or 1.0
+            label = attack_name if attack_name in ("pgd", "stadv") else f"{attack_name} / {iname}"
+            rows.append(("resnet-mini", f"{label}: {total_steps:.0f} steps, batch {batch}",
+                         f"{dt:.2f} s ({dt / total_steps / batch * 1000:.2f} ms per step per image)"))
+    return rows
+
+
+def bench_store(n_shards: int, rows_per_shard: int) -> list[tuple[str, str, str]]:
+    import numpy as np
+
+    from adv2core.store.layout import ShardUnit
+    from adv2core.store.query import run_sql
+    from adv2core.store.schemas import IOU_COLUMNS
+    from adv2core.store.writer import ResultStore
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ResultStore(tmp)
+        rng = np.random.default_rng(0)
+
+        def rows(shard: int) -> list[dict]:
+            base = dict(run_id="bench", config_hash="c0ffee", code_version="bench", seed=0, dataset="embedded",
+                        shard=shard, num_shards=n_shards, model="resnet-mini", interpreter="cam", attack="adv2",
+                        status="ok", error=None, true_class=0, target_class=1, pred_class=1, success=True,
+                        confidence=0.9, target_prob=0.9, benign_pred=0, l1=0.1, l2=0.1, iou_mean=0.5,
+                        loc_iou_benign=0.5, loc_iou_adv=0.4, linf=0.03, steps=10, seconds=0.1)
+            return [dict(base, image_id=f"img-{shard}-{i}", l1=float(rng.random()), **{c: 0.5 for c in IOU_COLUMNS})
+                    for i in range(rows_per_shard)]
+
+        t0 = time.perf_counter()
+        for s in range(n_shards):
+            store.write_shard(ShardUnit("c0ffee", "attack", "resnet-mini", "cam", "adv2", s, n_shards), {"samples": rows(s)})
+        dt = time.perf_counter() - t0
+        out.append(("store", f"write {n_shards} shards x {rows_per_shard} rows (atomic + manifest)", f"{dt:.2f} s ({dt / n_shards * 1000:.1f} ms/shard)"))
+        q = "select model, interpreter, attack, avg(l1), count(*) from samples group by all"
+        t = timeit(lambda: run_sql(tmp, q), "cpu", 3)
+        out.append(("store", f"DuckDB group-by over {n_shards} shards (adv2 sql path)", f"{t * 1000:.0f} ms"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--attack-steps", type=int, default=10)
+    ap.add_argument("--mask-iters", type=int, default=50)
+    ap.add_argument("--shards", type=int, default=200)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs (tests)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.batch, args.repeats, args.attack_steps, args.mask_iters, args.shards = 2, 1, 2, 2, 3
+
+    sections = {
+        "Classifier passes": lambda: bench_passes(args.device, args.batch, args.repeats),
+        "Interpreter maps": lambda: bench_maps(args.device, args.batch, args.repeats, args.mask_iters),
+        "Attack steps (quick preset, capped)": lambda: bench_attacks(args.device, min(args.batch, 16), args.attack_steps),
+        "Results store": lambda: bench_store(args.shards, 32),
+    }
+    lines = [
+        "# BENCHMARKS",
+        "",
+        f"Generated by `make bench` (`benchmarks/run.py`) on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}. Do not edit by hand.",
+        "",
+        f"* machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or platform.platform()}",
+        f"* device: {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""),
+        f"* torch {torch.__version__}, python {platform.python_version()}",
+        "* models have random weights: cost does not depend on them. Medians of repeats after one warm-up.",
+        "",
+    ]
+    for title, fn in sections.items():
+        print(f"[bench] {title} ...", file=sys.stderr, flush=True)
+        lines += [f"## {title}", "", "| model | what | time |", "|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} |" for a, b, c in fn()]
+        lines.append("")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lines += ["## Memory", "", f"Peak resident set size of the benchmark process: {peak:.0f} MiB."]
+    if args.device.startswith("cuda"):
+        lines.append(f"Peak CUDA memory allocated: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB.")
+    lines.append("")
+    args.out.write_text("\n".join(lines))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
