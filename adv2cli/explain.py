@@ -33,12 +33,20 @@ def run_explain(
     models: list[str], interpreters: list[str], n_images: int, out: Path, *, score: bool, preset: str, device: str
 ) -> dict[str, Any]:
     from adv2core.data.synthetic import EmbeddedDataConfig, EmbeddedDataset
-    from adv2core.interpreters.registry import build_interpreter
+    from adv2core.interpreters.registry import build_interpreter, interpreter_class
     from adv2core.metrics import localization_iou
     from adv2core.metrics.stats import bootstrap_ci
     from adv2core.models.registry import load_model
     from adv2core.report.grids import map_grid
 
+    from adv2core.models.registry import MODEL_NAMES
+    from adv2core.errors import ConfigError
+
+    for name in interpreters:  # validate every name before any (possibly long) model loading
+        interpreter_class(name)
+    for name in models:
+        if name not in MODEL_NAMES:
+            raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
     ds = EmbeddedDataset("test", EmbeddedDataConfig())
     n_score = len(ds) if score else n_images
     result: dict[str, Any] = {"images": n_images, "localization": {}}

@@ -1,0 +1,36 @@
+"""``adv2 attack``: one (model, interpreter, attack) cell on the embedded test set."""
+
+from __future__ import annotations
+
+import typer
+
+from adv2cli.common import emit_json, pick_device, user_errors
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("attack")
+    @user_errors
+    def attack(
+        model: str = typer.Option("resnet-mini", help="Model name (embedded: resnet-mini, densenet-mini)."),
+        interpreter: str = typer.Option("cam", help="grad, cam, rts or mask."),
+        attack: str = typer.Option("adv2", help="pgd, adv2, stadv or stadv-adv2."),
+        images: int = typer.Option(16, help="Number of embedded test images (the first N)."),
+        preset: str = typer.Option("quick", help="Attack preset: configs/attacks/<preset>.yaml (quick, paper) or a YAML path."),
+        seed: int = typer.Option(0, help="Seed (target classes, random inits)."),
+        batch_size: int = typer.Option(32, min=1, help="Images per attack call."),
+        device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON object (success_rate, l1, ... with 95 % intervals)."),
+    ) -> None:
+        """Attack N embedded test images and print success rate and map metrics (means over successful)."""
+        from adv2core.bench.cell import attack_embedded
+
+        out = attack_embedded(model, interpreter, attack, images=images, preset=preset, seed=seed,
+                              device=pick_device(device), batch_size=batch_size, train_if_missing=True)
+        if json_out:
+            emit_json(out)
+            return
+        typer.echo(f"{model} / {interpreter} / {attack} ({preset}), {images} images:")
+        typer.echo(f"  success rate {out['success_rate']:.1%} [{out['success_rate_lo']:.1%}, {out['success_rate_hi']:.1%}]")
+        for key in ("confidence", "l1", "l2", "iou_mean", "loc_iou_benign", "loc_iou_adv"):
+            if f"{key}_lo" in out and out.get(key) is not None:
+                typer.echo(f"  {key:<15} {out[key]:.3f} [{out[f'{key}_lo']:.3f}, {out[f'{key}_hi']:.3f}] (successful samples)")
