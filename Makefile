@@ -28,9 +28,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(ADV2) data prepare
-	$(ADV2) train --model resnet-mini
-	$(ADV2) train --model densenet-mini
+	$(ADV2) run --preset quick
 	$(ADV2) explain --images 8 --out data/demo/explain.png
 
 test: $(STAMP)
