@@ -1,0 +1,305 @@
+"""Every attack hyper-parameter, as frozen pydantic models whose defaults are the paper's code values.
+
+The defaults reproduce spec section 2.5 (ADV^2 per interpreter), section 3.2 (StAdv and StAdv-ADV^2)
+and section 4 (the PGD baseline, reported at step 1200) *verbatim*; :data:`PAPER` is therefore simply
+``AttacksConfig()``. ``configs/attacks/quick.yaml`` scales the step counts down for the 64x64 embedded set
+on a laptop, ``configs/attacks/paper.yaml`` spells the paper values out explicitly.
+
+Invalid values (eps <= 0 or > 1, a step count <= 0, mismatched schedule lengths, unknown keys) raise a
+one-line :class:`~adv2core.errors.ConfigError` through :func:`validate_config` / :func:`load_preset`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from adv2core.errors import ConfigError
+
+Eps = Annotated[float, Field(gt=0, le=1, description="L-inf radius in [0,1] pixel units")]
+Alpha = Annotated[float, Field(gt=0, le=1, description="sign step size")]
+Steps = Annotated[int, Field(gt=0)]
+Weight = Annotated[float, Field(ge=0)]
+Reduction = Literal["sse", "mse"]
+QuantMode = Literal["round", "trunc"]
+Neighbourhood = Literal["diagonal", "4-connected"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _same_length(a: tuple, b: tuple, what: str) -> None:
+    if len(a) != len(b) or not a:
+        raise ValueError(f"{what}: need one step count per lambda (got {len(a)} lambdas, {len(b)} step counts)")
+
+
+# ----------------------------------------------------------------------------------------------------
+# L-inf sign attacks
+# ----------------------------------------------------------------------------------------------------
+class PGDConfig(_Frozen):
+    """Targeted L-inf PGD baseline (spec 4): CE to c_t, sign steps, no random start.
+
+    The official baseline runs 3000 steps and reports the step-1200 snapshot, so ``steps=1200``.
+    """
+
+    eps: Eps = 0.031
+    alpha: Alpha = 1 / 255
+    steps: Steps = 1200
+    clip: bool = True
+    early_stop: bool = Field(False, description="freeze a sample once argmax == c_t (off in the paper)")
+
+
+class ADV2GradConfig(_Frozen):
+    """ADV^2 against Grad (spec 2.1, ``rev2/gs/gs_acid_attack.py``)."""
+
+    eps: Eps = 0.031
+    alpha: Alpha = 1 / 255
+    stage1_steps: Steps = 300
+    stage1_clip: bool = Field(False, description="the official stage 1 projects on the eps-ball but skips the [0,1] clip")
+    lambdas: tuple[Weight, ...] = (0.001, 0.004, 0.01, 0.05)
+    stage2_steps: tuple[Steps, ...] = (301, 201, 101, 101)
+    reduction: Reduction = "sse"
+    select_every: Steps = 10
+    select_p_threshold: float = Field(0.8, ge=0, le=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="0.05 = the v3 / ISIC variant (0.95 on c_t)")
+    early_stop: bool = False
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "ADV2GradConfig":
+        _same_length(self.lambdas, self.stage2_steps, "adv2.grad")
+        return self
+
+
+class ADV2CAMConfig(_Frozen):
+    """ADV^2 against CAM (spec 2.2): stage 2 weight c_now rises linearly c -> growth*c."""
+
+    eps: Eps = 0.031
+    alpha: Alpha = 1 / 255
+    stage1_steps: Steps = 400
+    stage1_clip: bool = True
+    stage2_steps: Steps = 1200
+    c: Weight = 5.0
+    c_growth: float = Field(2.0, gt=0)
+    reduction: Reduction = "mse"
+    early_stop: bool = False
+
+
+class ADV2RTSConfig(_Frozen):
+    """ADV^2 against RTS (spec 2.3): as CAM plus ``extra_weight`` x CE of the RTS encoder head."""
+
+    eps: Eps = 0.031
+    alpha: Alpha = 1 / 255
+    stage1_steps: Steps = 300
+    stage1_clip: bool = True
+    stage2_steps: Steps = 1000
+    c: Weight = 5.0
+    c_growth: float = Field(2.0, gt=0)
+    extra_weight: Weight = 0.1
+    reduction: Reduction = "mse"
+    early_stop: bool = False
+
+
+class ADV2MaskConfig(_Frozen):
+    """ADV^2 against MASK v2 (spec 2.4): bilevel attack with line search and best-snapshot selection."""
+
+    eps: Eps = 0.031
+    alpha: Alpha = 1 / 255
+    stage1_steps: Steps = 400
+    stage1_clip: bool = True
+    stage2_steps: Steps = 1000
+    pred_step: float = Field(0.05, gt=0, description="L2-normalised prediction step on the CW margin")
+    inner_plain: int = Field(4, ge=0)
+    inner_unrolled: Steps = 4
+    ls_max: float = Field(0.08, gt=0)
+    ls_max_late: float = Field(0.04, gt=0)
+    ls_late_fraction: float = Field(0.9, ge=0, le=1, description="iterations >= this fraction use ls_max_late")
+    ls_bisections: Steps = 10
+    margin_threshold: float = -10.0
+    resolve_every: Steps = 50
+    resolve_quantize: QuantMode | None = "trunc"
+    code_compatible: bool = Field(False, description="batch-summed line-search condition of the official code")
+    early_stop: bool = False
+
+# ----------------------------------------------------------------------------------------------------
+# Spatial (flow-field) attacks
+# ----------------------------------------------------------------------------------------------------
+class _FlowCommon(_Frozen):
+    lr: float = Field(0.01, gt=0)
+    amsgrad: bool = True
+    tau: Weight = 5e-4
+    init_range: float = Field(0.1, ge=0, description="flow initialised U(-r, r) pixels, seeded per image")
+    neighbourhood: Neighbourhood = "diagonal"
+
+
+class StAdvConfig(_FlowCommon):
+    """Plain StAdv (spec 3.2): Adam on the flow field, CE(c_t) + tau * L_flow."""
+
+    steps: Steps = 300
+    early_stop: bool = False
+
+
+class StAdvADV2GradConfig(_FlowCommon):
+    stage1_steps: Steps = 450
+    lambdas: tuple[Weight, ...] = (0.003, 0.01, 0.05, 0.2)
+    stage2_steps: tuple[Steps, ...] = (301, 201, 101, 101)
+    reduction: Reduction = "sse"
+    select_every: Steps = 10
+    select_p_threshold: float = Field(0.75, ge=0, le=1)
+    early_stop: bool = False
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "StAdvADV2GradConfig":
+        _same_length(self.lambdas, self.stage2_steps, "stadv_adv2.grad")
+        return self
+
+
+class StAdvADV2CAMConfig(_FlowCommon):
+    stage1_steps: Steps = 200
+    stage2_steps: Steps = 600
+    ce_weight: Weight = 2.0
+    c: Weight = 5.0
+    c_growth: float = Field(2.0, gt=0)
+    reduction: Reduction = "mse"
+    early_stop: bool = False
+
+
+class StAdvADV2RTSConfig(_FlowCommon):
+    stage1_steps: Steps = 200
+    stage2_steps: Steps = 600
+    ce_weight: Weight = 1.0
+    extra_weight: Weight = 0.1
+    c: Weight = 5.0
+    c_growth: float = Field(2.0, gt=0)
+    reduction: Reduction = "mse"
+    early_stop: bool = False
+
+
+class StAdvADV2MaskConfig(_FlowCommon):
+    stage1_steps: Steps = 400
+    margin_clip: float = -5.0
+    stage2_steps: Steps = 1000
+    stage2_lr: float = Field(0.005, gt=0)
+    inner_plain: int = Field(4, ge=0)
+    inner_unrolled: Steps = 4
+    inner_lr: float = Field(0.01, gt=0, description="custom-Adam lr of the inner mask steps")
+    int_weight: Weight = 500.0
+    flow_weight: Weight = 0.004
+    flow_weight_densenet: Weight = 0.005
+    resolve_every: Steps = 50
+    resolve_quantize: QuantMode | None = None
+    early_stop: bool = False
+
+# ----------------------------------------------------------------------------------------------------
+# Targets and the whole preset
+# ----------------------------------------------------------------------------------------------------
+class ShapeConfig(_Frozen):
+    """Random-shape target maps (spec 3.1), in units of a 224-pixel canvas."""
+
+    canvas: Steps = 224
+    centre: tuple[float, float] = (40.0, 184.0)
+    radius: tuple[float, float] = (30.0, 60.0)
+    half_side: tuple[float, float] = (30.0, 60.0)
+    max_rotation_deg: float = 30.0
+    inside: tuple[float, float] = (0.9, 1.0)
+    outside: tuple[float, float] = (0.0, 0.1)
+
+
+class TargetConfig(_Frozen):
+    """Which target map m_t the ADV^2 attacks aim at (spec 1.6)."""
+
+    kind: Literal["benign", "target-image", "shape"] = "benign"
+    shape: ShapeConfig = ShapeConfig()
+
+
+class ADV2Configs(_Frozen):
+    grad: ADV2GradConfig = ADV2GradConfig()
+    cam: ADV2CAMConfig = ADV2CAMConfig()
+    rts: ADV2RTSConfig = ADV2RTSConfig()
+    mask: ADV2MaskConfig = ADV2MaskConfig()
+
+
+class StAdvADV2Configs(_Frozen):
+    grad: StAdvADV2GradConfig = StAdvADV2GradConfig()
+    cam: StAdvADV2CAMConfig = StAdvADV2CAMConfig()
+    rts: StAdvADV2RTSConfig = StAdvADV2RTSConfig()
+    mask: StAdvADV2MaskConfig = StAdvADV2MaskConfig()
+
+
+class AttacksConfig(_Frozen):
+    """One preset: every attack's configuration, the target-map choice, and which interpreter preset
+    (``configs/interpreters/<name>.yaml``: MASK solver length, RTS recipe) the bench cell builds
+    interpreters with (None: the model's default, ``quick`` for embedded models)."""
+
+    name: str = "paper"
+    pgd: PGDConfig = PGDConfig()
+    adv2: ADV2Configs = ADV2Configs()
+    stadv: StAdvConfig = StAdvConfig()
+    stadv_adv2: StAdvADV2Configs = StAdvADV2Configs()
+    target: TargetConfig = TargetConfig()
+    interpreter_preset: str | None = None
+
+
+PAPER = AttacksConfig()
+
+# ----------------------------------------------------------------------------------------------------
+# Validation and presets
+# ----------------------------------------------------------------------------------------------------
+M = TypeVar("M", bound=BaseModel)
+
+
+def _one_line(exc: ValidationError, what: str) -> ConfigError:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+    msg = err["msg"].replace("Value error, ", "")
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return ConfigError(f"invalid {what}: {loc}: {msg}{more}")
+
+
+def validate_config(cls: type[M], data: Any = None, /, **overrides: Any) -> M:
+    """Build ``cls`` from a mapping / instance plus keyword overrides; errors become one-line ConfigError."""
+    base: dict[str, Any]
+    if data is None:
+        base = {}
+    elif isinstance(data, BaseModel):
+        base = data.model_dump()
+    elif isinstance(data, dict):
+        base = dict(data)
+    else:
+        raise ConfigError(f"invalid {cls.__name__}: expected a mapping, got {type(data).__name__}")
+    try:
+        return cls.model_validate({**base, **overrides})
+    except ValidationError as exc:
+        raise _one_line(exc, cls.__name__) from None
+
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "attacks"
+PRESETS = ("quick", "paper")
+
+
+def load_preset(preset: str | Path | AttacksConfig | dict | None = "paper") -> AttacksConfig:
+    """A preset by name (``quick``/``paper`` from ``configs/attacks``), a YAML path, a dict or a config."""
+    if preset is None:
+        return PAPER
+    if isinstance(preset, AttacksConfig):
+        return preset
+    if isinstance(preset, dict):
+        return validate_config(AttacksConfig, preset)
+    path = Path(preset)
+    if str(preset) in PRESETS:
+        path = PRESET_DIR / f"{preset}.yaml"
+    elif path.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"unknown attack preset {str(preset)!r}; choose one of: {', '.join(PRESETS)} or a .yaml path")
+    if not path.is_file():
+        raise ConfigError(f"attack preset file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"attack preset {path.name} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"attack preset {path.name} must be a mapping at the top level")
+    data.setdefault("name", path.stem)
+    return validate_config(AttacksConfig, data)

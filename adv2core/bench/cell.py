@@ -1,0 +1,358 @@
+"""One benchmark cell: (model, interpreter, attack) on one batch, evaluated the project's way.
+
+Evaluation rule (project-wide, spec pitfall 8.8): every attack is judged on its **round-to-nearest
+uint8-quantised** adversarial image — success, confidence, adversarial maps, Linf. (The MASK attack's
+internal re-solves keep the official truncation; that stays inside the attack.) A sample is a success
+when the attack's own rule says so (final argmax, Grad's p_t threshold, MASK's best snapshot) *and*
+the quantised image is classified as c_t.
+
+Map metrics compare the adversarial map (interpreter.explain of the quantised image for c_t) with the
+reference map m_ref = the attack's target map (the benign map for y in the main setting), at native
+resolution; IoU uses saliencies (MASK: 1 - m). This module is plain PyTorch: the pipeline tasks call
+:func:`run_cell` and :func:`cross_evaluate`; ``adv2 attack`` calls :func:`attack_embedded`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from adv2core.attacks.base import AttackResult
+from adv2core.attacks.config import AttacksConfig, load_preset
+from adv2core.attacks.registry import attack_class, build_attack
+from adv2core.attacks.targets import check_target_map, shape_maps, target_classes, target_image_maps
+from adv2core.data.types import Batch
+from adv2core.errors import Adv2Error, ConfigError
+from adv2core.interpreters.base import Interpreter
+from adv2core.metrics import (
+    DEFAULT_KS,
+    attack_success,
+    confidence,
+    iou_curve,
+    l1_distance,
+    l2_distance,
+    localization_iou,
+    perturbation_to_int16,
+    quantize_uint8,
+    target_probability,
+)
+from adv2core.models.classifier import Classifier
+
+IOU_KEYS: tuple[str, ...] = tuple(f"iou_k{k:02d}" for k in DEFAULT_KS)
+#: Per-sample columns of a cell row, in the samples-table order (the pipeline adds run/config/... keys).
+ROW_KEYS: tuple[str, ...] = (
+    "image_id", "true_class", "target_class", "pred_class", "success", "confidence", "target_prob",
+    "benign_pred", "l1", "l2", *IOU_KEYS, "iou_mean", "loc_iou_benign", "loc_iou_adv", "linf", "steps",
+    "seconds", "status", "error",
+)
+TRANSFER_KEYS: tuple[str, ...] = ("image_id", "eval_interpreter", "l1", "l2", "iou_mean", *IOU_KEYS)
+
+
+@dataclass
+class CellResult:
+    """Rows (one per image, errors included) plus the tensors the pipeline stores."""
+
+    rows: list[dict[str, Any]]
+    x_adv_q: torch.Tensor  # [N,3,H,W] round-to-nearest quantised adversarial images (loaded images only)
+    perturbation_int16: np.ndarray  # [N,3,H,W] round(255 x_adv) - round(255 x)
+    benign_maps: torch.Tensor  # [N,1,h,w] interpreter maps of x for y
+    adv_maps: torch.Tensor  # [N,1,h,w] interpreter maps of x_adv_q for c_t
+    target_classes: torch.Tensor  # [N]
+    target_maps: torch.Tensor | None = None  # [N,1,h,w] m_t (= benign_maps in the main setting)
+    ids: list[str] = field(default_factory=list)  # ids of the N loaded images, in tensor order
+    attack_result: AttackResult | None = None
+    seconds: float = 0.0
+
+
+def _f(v: torch.Tensor) -> list[float | None]:
+    """Tensor [N] -> Python floats with NaN as None (nullable Parquet columns)."""
+    return [None if (x is None or math.isnan(x)) else float(x) for x in v.detach().double().cpu().tolist()]
+
+
+def _i(v: torch.Tensor) -> list[int]:
+    return [int(x) for x in v.detach().cpu().tolist()]
+
+
+def _error_row(image_id: str, error: str, true_class: int | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {k: None for k in ROW_KEYS}
+    row.update(image_id=image_id, true_class=true_class, status="error", error=error)
+    return row
+
+
+def default_interpreter(
+    name: str, model: Classifier, preset: AttacksConfig, *, data_cfg: Any = None, train_if_missing: bool = False
+) -> Interpreter:
+    """Build interpreter ``name`` with the preset's interpreter configuration (RTS from its cache)."""
+    from adv2core.interpreters.config import default_preset, load_interpreter_config
+    from adv2core.interpreters.registry import build_interpreter
+
+    ipreset = preset.interpreter_preset or default_preset(model.name)
+    if name == "rts":
+        cfgs = load_interpreter_config(ipreset)
+        return build_interpreter("rts", model, rts_cfg=cfgs["rts"], data_cfg=data_cfg, train_if_missing=train_if_missing)
+    if name == "mask":
+        return build_interpreter("mask", model, cfg=load_interpreter_config(ipreset)["mask"])
+    return build_interpreter(name, model)
+
+
+def make_target_maps(
+    preset: AttacksConfig,
+    interpreter: Interpreter,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    y_t: torch.Tensor,
+    ids: Sequence[str],
+    benign: torch.Tensor,
+    *,
+    seed: int,
+    pool: Batch | None = None,
+) -> tuple[torch.Tensor, list[str | None]]:
+    """m_t per the preset's ``target.kind`` and a per-sample error (None = fine)."""
+    kind = preset.target.kind
+    n = x.shape[0]
+    if kind == "benign":
+        return benign, [None] * n
+    side = interpreter.map_size(x.shape[-1])
+    if kind == "shape":
+        return shape_maps(ids, side, seed=seed, invert=interpreter.name == "mask", cfg=preset.target.shape, device=x.device), [None] * n
+    # target-image: a pool image classified correctly as c_t (default pool: this batch)
+    pool = pool or Batch(x, y, list(ids))
+    maps, idx = target_image_maps(interpreter, pool.images, pool.labels, pool.ids, y_t, ids, seed)
+    errs = [None if int(i) >= 0 else "no pool image correctly classified as the target class" for i in idx.tolist()]
+    # an unavailable target map would poison the loss: aim those samples at their benign map instead
+    ok = (idx >= 0).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(ok, maps, benign), errs
+
+
+@torch.no_grad()
+def _predict(model: Classifier, x: torch.Tensor) -> torch.Tensor:
+    return model(x)
+
+
+def run_cell(
+    model_name: str,
+    interpreter_name: str,
+    attack_name: str,
+    batch: Batch,
+    cfg: AttacksConfig | str | dict | None,
+    *,
+    seed: int,
+    device: torch.device | str,
+    model: Classifier | None = None,
+    interpreter: Interpreter | None = None,
+    target_map: torch.Tensor | None = None,
+    pool: Batch | None = None,
+    data_cfg: Any = None,
+    benign_maps: torch.Tensor | None = None,
+) -> CellResult:
+    """Attack one batch with (model, interpreter, attack) and return per-sample rows and tensors.
+
+    ``cfg`` is a preset (name, YAML path, dict or :class:`AttacksConfig`). ``model``/``interpreter``
+    may be passed pre-built (the pipeline caches them); otherwise they are loaded by name (embedded
+    models from their checkpoint cache, ``data_cfg`` selecting the dataset they were trained on).
+    ``target_map`` overrides the preset's target choice; ``pool`` is where target-class images are
+    drawn from for ``target.kind = 'target-image'`` (default: the batch itself). ``benign_maps`` may
+    pass this batch's benign maps (for y) computed by an earlier cell, e.g. to share MASK solves across
+    attacks (they must come from the same interpreter and ids). Images that failed to
+    load (``batch.errors``) become 'error' rows. Configuration mistakes raise :class:`ConfigError`;
+    a runtime failure of the attack turns the batch's rows into 'error' rows carrying the message.
+    """
+    t_cell = time.perf_counter()
+    preset = load_preset(cfg)
+    dev = torch.device(device)
+    attack_class(attack_name, interpreter_name)  # validate names before any heavy work
+    if model is None:
+        from adv2core.models.registry import load_model
+
+        model = load_model(model_name, data_cfg=data_cfg, device=dev)
+    model = model.to(dev)
+    if interpreter is None:
+        interpreter = default_interpreter(interpreter_name, model, preset, data_cfg=data_cfg)
+    elif interpreter.name != interpreter_name:
+        raise ConfigError(f"interpreter object is {interpreter.name!r} but the cell names {interpreter_name!r}")
+    attack = build_attack(attack_name, model, interpreter, preset, seed=seed)
+
+    error_rows = [_error_row(e.image_id, e.reason) for e in batch.errors]
+    b = batch.to(dev)
+    x, y, ids = b.images, b.labels.long(), list(b.ids)
+    n = x.shape[0]
+    empty_map = torch.zeros(0, 1, 1, 1)
+    if n == 0:
+        return CellResult(error_rows, x, np.zeros((0, *x.shape[1:]), np.int16), empty_map, empty_map,
+                          torch.zeros(0, dtype=torch.long), ids=ids, seconds=time.perf_counter() - t_cell)
+
+    logits0 = _predict(model, x)
+    benign_pred = logits0.argmax(dim=1)
+    y_t = target_classes(y, ids, model.num_classes, seed)
+    if benign_maps is not None:
+        benign = check_target_map(benign_maps.to(dev), n, interpreter.map_size(x.shape[-1]))
+    else:
+        benign = interpreter.explain(x, y, ids=ids)
+    errs: list[str | None] = [None] * n
+    if target_map is not None:
+        m_t = check_target_map(target_map.to(dev), n, interpreter.map_size(x.shape[-1]))
+    else:
+        m_t, errs = make_target_maps(preset, interpreter, x, y, y_t, ids, benign, seed=seed, pool=pool)
+
+    try:
+        res = attack(x, y_t, target_map=m_t, ids=ids)
+    except Adv2Error:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a crashed batch becomes error rows, the run goes on
+        msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
+        rows = [_error_row(i, msg, int(c)) for i, c in zip(ids, y.tolist())] + error_rows
+        return CellResult(rows, x, np.zeros(tuple(x.shape), np.int16), benign, torch.full_like(benign, math.nan), y_t,
+                          target_maps=m_t, ids=ids, seconds=time.perf_counter() - t_cell)
+
+    x_q = quantize_uint8(res.x_adv.clamp(0, 1).nan_to_num(0.0), "round")
+    logits_q = _predict(model, x_q)
+    adv = interpreter.explain(x_q, y_t, ids=ids)
+    success = attack_success(logits_q, y_t) & res.success & ~res.failed
+    sal_adv, sal_ref = interpreter.saliency(adv), interpreter.saliency(m_t)
+    iou = iou_curve(sal_adv, sal_ref, DEFAULT_KS)
+    if b.masks is not None:
+        loc_b = localization_iou(interpreter.saliency(benign), b.masks)
+        loc_a = localization_iou(sal_adv, b.masks)
+    else:
+        loc_b = loc_a = torch.full((n,), math.nan, device=dev)
+    cols: dict[str, list[Any]] = {
+        "image_id": ids,
+        "true_class": _i(y),
+        "target_class": _i(y_t),
+        "pred_class": _i(logits_q.argmax(dim=1)),
+        "success": [bool(s) for s in success.cpu().tolist()],
+        "confidence": _f(confidence(logits_q)),
+        "target_prob": _f(target_probability(logits_q, y_t)),
+        "benign_pred": _i(benign_pred),
+        "l1": _f(l1_distance(adv, m_t)),
+        "l2": _f(l2_distance(adv, m_t)),
+        **{k: _f(iou[:, j]) for j, k in enumerate(IOU_KEYS)},
+        "iou_mean": _f(iou.mean(dim=1)),
+        "loc_iou_benign": _f(loc_b),
+        "loc_iou_adv": _f(loc_a),
+        "linf": _f((x_q - x).abs().flatten(1).amax(dim=1)),
+        "steps": _i(res.steps),
+    }
+    per = res.seconds / n
+    rows: list[dict[str, Any]] = []
+    for j in range(n):
+        row = {k: cols[k][j] for k in cols}
+        reason = res.reasons[j] if bool(res.failed[j]) else None
+        status = "failed" if reason else ("error" if errs[j] else "ok")
+        row.update(seconds=per, status=status, error=reason or errs[j])
+        rows.append({k: row[k] for k in ROW_KEYS})
+    return CellResult(
+        rows=rows + error_rows,
+        x_adv_q=x_q,
+        perturbation_int16=perturbation_to_int16(x_q, x).cpu().numpy(),
+        benign_maps=benign,
+        adv_maps=adv,
+        target_classes=y_t,
+        target_maps=m_t,
+        ids=ids,
+        attack_result=res,
+        seconds=time.perf_counter() - t_cell,
+    )
+
+
+def cross_evaluate(
+    model: Classifier,
+    interpreters: Mapping[str, Interpreter],
+    x: torch.Tensor,
+    x_adv_q: torch.Tensor,
+    y: torch.Tensor,
+    y_t: torch.Tensor,
+    ids: Sequence[str],
+    *,
+    benign_maps: Mapping[str, torch.Tensor] | None = None,
+) -> list[dict[str, Any]]:
+    """Transfer entries (spec 3.3/4): for every eval interpreter j, j's map of x_adv_q for c_t versus
+    j's benign map of x for y. ``benign_maps`` may carry precomputed benign maps by name."""
+    ids = list(ids)
+    rows: list[dict[str, Any]] = []
+    for name, interp in interpreters.items():
+        ben = benign_maps.get(name) if benign_maps else None
+        if ben is None:
+            ben = interp.explain(x, y, ids=ids)
+        adv = interp.explain(x_adv_q, y_t, ids=ids)
+        iou = iou_curve(interp.saliency(adv), interp.saliency(ben), DEFAULT_KS)
+        cols = {
+            "l1": _f(l1_distance(adv, ben)),
+            "l2": _f(l2_distance(adv, ben)),
+            "iou_mean": _f(iou.mean(dim=1)),
+            **{k: _f(iou[:, j]) for j, k in enumerate(IOU_KEYS)},
+        }
+        for j, image_id in enumerate(ids):
+            rows.append({"image_id": image_id, "eval_interpreter": name, **{k: v[j] for k, v in cols.items()}})
+    return rows
+
+
+def attack_embedded(
+    model_name: str,
+    interpreter_name: str,
+    attack_name: str,
+    images: int = 16,
+    preset: str | AttacksConfig = "quick",
+    seed: int = 0,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+    data_cfg: Any = None,
+    train_cfg: Any = None,
+    train_if_missing: bool = False,
+) -> dict[str, Any]:
+    """Run one cell on the first ``images`` embedded test images and summarise it (``adv2 attack --json``).
+
+    Returns success_rate (all images) and l1, l2, iou_mean, confidence, loc_iou_adv means over the
+    successful images, each with a 95 % interval (Wilson / bootstrap), plus timing and counts.
+    ``data_cfg``/``train_cfg`` select the embedded dataset and the trained checkpoint (defaults: the
+    standard embedded set and recipe); a missing checkpoint is a CheckpointError unless
+    ``train_if_missing``.
+    """
+    from adv2core.data.synthetic import EmbeddedDataConfig, EmbeddedDataset
+    from adv2core.metrics.stats import summarize
+    from adv2core.models.registry import load_model
+
+    if images < 1:
+        raise ConfigError(f"--images must be >= 1, got {images}")
+    cfg = load_preset(preset)
+    dev = torch.device(device)
+    data_cfg = data_cfg or EmbeddedDataConfig()
+    ds = EmbeddedDataset("test", data_cfg)
+    if images > len(ds):
+        raise ConfigError(f"--images {images} exceeds the embedded test set ({len(ds)} images)")
+    attack_class(attack_name, interpreter_name)
+    model = load_model(model_name, data_cfg=data_cfg, train_cfg=train_cfg, device=dev, train_if_missing=train_if_missing)
+    interp = default_interpreter(interpreter_name, model, cfg, data_cfg=data_cfg, train_if_missing=train_if_missing)
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    for start in range(0, images, batch_size):
+        batch = ds.load(list(range(start, min(images, start + batch_size))))
+        rows += run_cell(model_name, interpreter_name, attack_name, batch, cfg, seed=seed, device=dev,
+                         model=model, interpreter=interp, data_cfg=data_cfg).rows
+    seconds = time.perf_counter() - t0
+    ok = [r for r in rows if r["status"] != "error"]
+    succ = np.array([bool(r["success"]) for r in ok], dtype=float)
+    metrics = ("l1", "l2", "iou_mean", "confidence", "loc_iou_adv", "loc_iou_benign")
+    vals = {k: np.array([np.nan if r[k] is None else r[k] for r in ok], dtype=float) for k in metrics}
+    s = summarize(succ, vals, seed=seed)
+    out: dict[str, Any] = {
+        "model": model_name, "interpreter": interpreter_name, "attack": attack_name, "preset": cfg.name,
+        "images": images, "seed": seed, "device": str(dev),
+        "n_attacked": s["n_attacked"], "n_success": s["n_success"], "n_failed": sum(r["status"] == "failed" for r in ok),
+        "n_error": len(rows) - len(ok),
+        "success_rate": s["success_rate"], "success_rate_lo": s["success_rate_lo"], "success_rate_hi": s["success_rate_hi"],
+    }
+    for k in metrics:
+        out[k] = s[f"{k}_mean"]
+        out[f"{k}_lo"] = s[f"{k}_lo"]
+        out[f"{k}_hi"] = s[f"{k}_hi"]
+    out["seconds"] = seconds
+    out["seconds_per_image"] = seconds / images
+    # JSON has no NaN: an empty population (no successful sample) is reported as null
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}

@@ -1,0 +1,91 @@
+"""End-to-end ADV^2 claims with the quick preset on the trained embedded models (16 test images).
+
+For every interpreter: ADV^2 reaches the target class on >= 90 % of the images (judged on the uint8
+quantised image, the project rule) and its adversarial map is closer (mean L1 at native resolution) to
+the benign map than PGD's, on the images both attacks fooled, by a margin measured on these models and
+asserted with headroom (MARGIN, below). The measured values are in the docstring of MARGIN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adv2core.attacks import load_preset
+from adv2core.bench import run_cell
+from adv2core.bench.cell import default_interpreter
+
+QUICK = load_preset("quick")
+
+#: Asserted margin L1(PGD) - L1(ADV^2) per interpreter (resnet-mini, quick preset, 16 images, seed 0).
+#: Measured: grad 0.086 -> 0.031 (0.055), cam 0.396 -> 0.149 (0.25), rts see report,
+#: mask 0.354 -> 0.31 (0.045); the asserted margins keep roughly half of each gap as headroom.
+MARGIN = {"grad": 0.025, "cam": 0.12, "rts": 0.02, "mask": 0.015}
+MIN_SUCCESS = 0.9
+
+
+def _interpreter(name, model, small_data_cfg):
+    if name == "rts":
+        from adv2core.interpreters.config import load_interpreter_config
+        from adv2core.interpreters.rts import RTS
+
+        return RTS.create(model, data_cfg=small_data_cfg, rts_cfg=load_interpreter_config("quick")["rts"], train_if_missing=True)
+    if name == "mask":
+        # 60 solver iterations instead of the interpreter preset's 120 halves the test's cost; at 64x64 the
+        # 60-iteration maps are within the jitter noise of the 120-iteration ones (mean L1 0.019 vs 0.016).
+        from adv2core.interpreters.config import load_interpreter_config
+        from adv2core.interpreters.mask import MASK
+
+        return MASK(model, load_interpreter_config("quick")["mask"].model_copy(update={"iterations": 60}))
+    return default_interpreter(name, model, QUICK)
+
+
+def _compare(model_name, model, interp, batch):
+    pgd = run_cell(model_name, interp.name, "pgd", batch, QUICK, seed=0, device="cpu", model=model, interpreter=interp)
+    adv = run_cell(model_name, interp.name, "adv2", batch, QUICK, seed=0, device="cpu", model=model, interpreter=interp,
+                   benign_maps=pgd.benign_maps)
+    s_pgd = np.array([r["success"] for r in pgd.rows])
+    s_adv = np.array([r["success"] for r in adv.rows])
+    both = s_pgd & s_adv
+    l1_pgd = float(np.mean([r["l1"] for r, ok in zip(pgd.rows, both) if ok]))
+    l1_adv = float(np.mean([r["l1"] for r, ok in zip(adv.rows, both) if ok]))
+    # same images, same target classes
+    assert [r["target_class"] for r in pgd.rows] == [r["target_class"] for r in adv.rows]
+    return s_adv.mean(), s_pgd.mean(), l1_adv, l1_pgd, both.sum()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("interpreter", ["grad", "cam", "rts", "mask"])
+def test_adv2_fools_the_classifier_and_keeps_the_map(interpreter, trained_resnet, test_batch, small_data_cfg):
+    model = trained_resnet[0]
+    interp = _interpreter(interpreter, model, small_data_cfg)
+    succ, succ_pgd, l1_adv, l1_pgd, n_both = _compare("resnet-mini", model, interp, test_batch)
+    print(f"\n[{interpreter}] success adv2 {succ:.3f} pgd {succ_pgd:.3f}  L1 adv2 {l1_adv:.4f} pgd {l1_pgd:.4f}  (n={n_both})")
+    assert succ >= MIN_SUCCESS
+    assert n_both >= 8
+    assert l1_adv <= l1_pgd - MARGIN[interpreter], (l1_adv, l1_pgd)
+
+
+@pytest.mark.slow
+def test_adv2_cam_on_densenet(trained_densenet, test_batch):
+    model = trained_densenet[0]
+    interp = default_interpreter("cam", model, QUICK)
+    succ, succ_pgd, l1_adv, l1_pgd, n_both = _compare("densenet-mini", model, interp, test_batch)
+    print(f"\n[densenet cam] success adv2 {succ:.3f} pgd {succ_pgd:.3f}  L1 adv2 {l1_adv:.4f} pgd {l1_pgd:.4f}")
+    assert succ >= MIN_SUCCESS
+    assert l1_adv <= l1_pgd - MARGIN["cam"] / 2
+
+
+@pytest.mark.slow
+def test_stadv_adv2_cam_keeps_the_map_better_than_stadv(trained_resnet, test_batch):
+    model = trained_resnet[0]
+    interp = default_interpreter("cam", model, QUICK)
+    base = run_cell("resnet-mini", "cam", "stadv", test_batch, QUICK, seed=0, device="cpu", model=model, interpreter=interp)
+    adv = run_cell("resnet-mini", "cam", "stadv-adv2", test_batch, QUICK, seed=0, device="cpu", model=model, interpreter=interp)
+    s_b = np.array([r["success"] for r in base.rows])
+    s_a = np.array([r["success"] for r in adv.rows])
+    both = s_a & s_b
+    assert s_a.mean() >= 0.75 and both.sum() >= 8
+    l1_b = np.mean([r["l1"] for r, ok in zip(base.rows, both) if ok])
+    l1_a = np.mean([r["l1"] for r, ok in zip(adv.rows, both) if ok])
+    assert l1_a <= l1_b - 0.05
