@@ -44,7 +44,8 @@ CONFIG_VERSION = 1
 KNOWN_DATASETS = ("embedded", "imagenet", "isic", "cifar10")
 #: Attack names the pipeline knows how to schedule (the attacks package may accept a subset).
 KNOWN_ATTACKS = ("pgd", "adv2", "stadv", "stadv-adv2")
-_STEP_KEY = re.compile(r"(^|_)(steps|iters|iterations|every)$")
+#: Loop counts that ``step_cap`` caps: steps, iterations, periods, inner solver steps, bisections.
+_STEP_KEY = re.compile(r"(^|_)(steps|iters|iterations|every|plain|unrolled|bisections)$")
 
 
 class _Section(BaseModel):
@@ -89,7 +90,7 @@ class InterpretersSection(_Section):
     names: list[str] = Field(default_factory=lambda: ["grad", "cam", "rts", "mask"], min_length=1)
     preset: str = Field("quick", description="configs/interpreters/<preset>.yaml (RTS/MASK settings)")
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per interpreter, deep-merged")
-    step_cap: int | None = Field(None, gt=0, description="cap every *steps/*iters/*iterations/*every value (tests, smoke runs)")
+    step_cap: int | None = Field(None, gt=0, description="cap every loop count (*steps, *iterations, *every, inner steps, bisections): tests, smoke runs")
     checkpoints: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description="trained interpreter weights by interpreter then model, e.g. rts: {resnet50: checkpoints/rts-resnet50.pth}"
@@ -103,7 +104,7 @@ class AttacksSection(_Section):
     names: list[str] = Field(default_factory=lambda: ["pgd", "adv2"], min_length=1)
     preset: str = Field("quick", description="configs/attacks/<preset>.yaml")
     overrides: dict[str, Any] = Field(default_factory=dict, description="deep-merged into the attack preset")
-    step_cap: int | None = Field(None, gt=0, description="cap every *steps/*iters/*iterations/*every value (tests, smoke runs)")
+    step_cap: int | None = Field(None, gt=0, description="cap every loop count (*steps, *iterations, *every, inner steps, bisections): tests, smoke runs")
     batch_size: int = Field(32, gt=0, description="images per attack call inside a shard")
 
 
@@ -404,7 +405,8 @@ def _attack_names() -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------------------- expansion
 def cap_steps(obj: Any, cap: int | None) -> Any:
-    """Copy of a nested config with every ``*steps``/``*iters`` integer (or list of them) capped."""
+    """Copy of a nested config with every loop count (``*steps``, ``*iters``, ``*iterations``, ``*every``,
+    ``inner_plain``/``inner_unrolled``, ``*bisections``; integers or lists of them) capped at ``cap``."""
     if cap is None:
         return obj
     if isinstance(obj, dict):

@@ -63,19 +63,16 @@ def run_attack_shard(payload: dict[str, Any], run: dict[str, Any], model: str, i
     bs = rc.bench.attacks.batch_size
     for start in range(0, len(indices), bs):
         deadline.check()
-        batch = ds.load(indices[start:start + bs])
-        for err in batch.errors:
-            rows.append({**base, "image_id": err.image_id, "status": "error", "error": err.reason})
-        if len(batch) == 0:
-            continue
+        batch = ds.load(indices[start:start + bs])  # unreadable images -> batch.errors -> 'error' rows
         kw: dict[str, Any] = {"seed": int(rc.bench.seed), "device": device, "model": model_obj,
                               "interpreter": interp_obj}
         if takes_deadline and deadline.at is not None:
             kw["deadline"] = deadline.at
-        res = run_cell(model, interpreter, attack, batch.to(device), cfg, **kw)
+        res = run_cell(model, interpreter, attack, batch, cfg, **kw)
         cell_rows = [{**r, **base} for r in res.rows]
         rows.extend(cell_rows)
-        _collect_arrays(parts, batch, res, cell_rows, index_of)
+        if len(batch):
+            _collect_arrays(parts, batch, res, cell_rows, index_of)
     deadline.check()
 
     table = table_from_rows("samples", rows)
@@ -94,11 +91,12 @@ ARRAY_KEYS = ("image_id", "index", "true_class", "target_class", "success", "per
 
 def _collect_arrays(parts: dict[str, list[np.ndarray]], batch: Any, res: Any, cell_rows: list[dict[str, Any]],
                     index_of: dict[str, int]) -> None:
-    ids = list(batch.ids)
+    ids = list(getattr(res, "ids", None) or batch.ids)  # tensor order of the loaded images
     by_id = {r["image_id"]: r for r in cell_rows}
     parts["image_id"].append(np.asarray(ids, dtype=str))
     parts["index"].append(np.asarray([index_of[i] for i in ids], dtype=np.int64))
-    parts["true_class"].append(to_numpy(batch.labels, np.int64))
+    label = dict(zip(batch.ids, to_numpy(batch.labels, np.int64).tolist()))
+    parts["true_class"].append(np.asarray([label[i] for i in ids], dtype=np.int64))
     parts["target_class"].append(to_numpy(res.target_classes, np.int64))
     parts["success"].append(np.asarray([bool(by_id.get(i, {}).get("success")) for i in ids], dtype=bool))
     parts["perturbation"].append(to_numpy(res.perturbation_int16, np.int16))

@@ -79,9 +79,9 @@ def make_report(results_root: str | Path, run: str, reports_root: str | Path, *,
     ``headline`` (Markdown printed at the end of ``adv2 run``), ``tables`` (Markdown by table key),
     ``artifact_tables`` (rows by artifact key) and ``skipped`` (what was left out and why).
     """
+    row = resolve_run(results_root, run)  # before the heavy imports: an unknown run fails fast
     from adv2core.report.build import artifact_tables, build_report, headline_markdown
 
-    row = resolve_run(results_root, run)
     out_dir = Path(reports_root) / row["run_id"]
     loader = image_loader(row, data_root) if grids else None
     res = build_report(results_root, row["run_id"], out_dir, load_images=loader)

@@ -159,8 +159,10 @@ def test_step_cap_caps_every_step_count_and_nothing_else():
             yield key, node
 
     counted = [(k, v) for k, v in walk([rc.attack_params, rc.interpreter_params])
-               if re.search(r"(^|_)(steps|iters|iterations|every)$", k) and not isinstance(v, bool)]
+               if re.search(r"(^|_)(steps|iters|iterations|every|plain|unrolled|bisections)$", k)
+               and not isinstance(v, bool)]
     assert counted and all(v <= 2 for _, v in counted)
+    assert rc.attack_params["adv2"]["mask"]["ls_bisections"] == 2 and rc.attack_params["adv2"]["mask"]["inner_plain"] == 2
     assert rc.attack_params["pgd"]["eps"] == 0.031  # non-step values untouched
 
 

@@ -1,0 +1,191 @@
+"""The pipeline glue, run inline (no Prefect server): counts, provenance, resume, arrays, budgets.
+
+The smoke benchmark is run once per module into a temporary results root; the checks below compare
+what the store holds with independent computations (counts from the config, git from ``git``,
+success re-decided from the stored perturbation with the model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adv2core.config import load_config
+from adv2core.errors import Adv2Error, ConfigError
+from adv2core.store import ResultStore, ShardUnit, run_sql
+from adv2core.store.arrays import apply_perturbation, read_arrays
+from adv2core.store.layout import arrays_path, manifest_path
+from flows.benchmark import BenchmarkFailed, run_benchmark
+from tasks.common import is_transient, retry_transient
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _smoke(root: Path, *extra: str):
+    return load_config("smoke", overrides=[f"pipeline.results={root}", f"pipeline.reports={root / 'reports'}",
+                                           *extra]).resolve()
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    rc = _smoke(root)
+    summary = run_benchmark(rc, engine="inline")
+    return rc, root, summary
+
+
+def _expected(rc):
+    b = rc.bench
+    m, i, a, s = len(b.models.names), len(b.interpreters.names), len(b.attacks.names), rc.num_shards
+    x = len(rc.cross_eval_attacks)
+    n = b.data.num_images
+    return {
+        "samples": m * i * a * n,
+        "transfer": m * x * i * i * n,  # every source (interp, attack) x every evaluation interpreter
+        "attack_units": m * i * a * s,
+        "transfer_units": m * x * i * s,
+        "tasks": m * i * a * s + (m * s if x else 0),
+    }
+
+
+def test_smoke_rows_are_exact_and_carry_their_identity(smoke):
+    rc, root, summary = smoke
+    exp = _expected(rc)
+    assert summary["status"] == "completed" and not summary["failures"]
+    assert summary["computed"] == exp["tasks"] and summary["skipped"] == 0
+    h = rc.config_hash
+    n, keys = run_sql(root, "SELECT count(*), count(DISTINCT (model, interpreter, attack, image_id)) FROM samples "
+                            "WHERE config_hash = ?", [h]).to_pylist()[0].values()
+    assert n == keys == exp["samples"]
+    n, keys = run_sql(root, "SELECT count(*), count(DISTINCT (model, attack, source_interpreter, eval_interpreter, "
+                            "image_id)) FROM transfer WHERE config_hash = ?", [h]).to_pylist()[0].values()
+    assert n == keys == exp["transfer"]
+    stages = {r["stage"]: r["n"] for r in run_sql(root, "SELECT stage, count(*) AS n FROM shards GROUP BY stage").to_pylist()}
+    assert stages == {"attack": exp["attack_units"], "transfer": exp["transfer_units"]}
+    ident = run_sql(root, "SELECT DISTINCT run_id, code_version, seed, dataset, num_shards FROM samples").to_pylist()
+    assert len(ident) == 1
+    assert ident[0]["run_id"] == summary["run_id"] and ident[0]["seed"] == rc.bench.seed
+    assert ident[0]["dataset"] == "embedded" and ident[0]["num_shards"] == rc.num_shards
+    # every image of the selection appears once per cell, in the shard that owns it
+    per_shard = run_sql(root, "SELECT shard, count(DISTINCT image_id) AS n FROM samples GROUP BY shard ORDER BY shard")
+    assert [r["n"] for r in per_shard.to_pylist()] == [rc.bench.data.shard_size] * rc.num_shards
+
+
+def test_run_row_has_provenance(smoke):
+    rc, root, summary = smoke
+    row = run_sql(root, "SELECT * FROM runs WHERE run_id = ?", [summary["run_id"]]).to_pylist()[0]
+    assert row["status"] == "completed" and row["config_hash"] == rc.config_hash
+    assert row["started_at"] < row["ended_at"]
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert row["git_sha"] == (sha or "unknown") and row["git_dirty"] in (True, False, None)
+    versions = json.loads(row["package_versions"])
+    assert versions["torch"] == torch.__version__.split("+")[0] or versions["torch"] == torch.__version__
+    assert {"prefect", "duckdb", "pyarrow", "python"} <= set(versions)
+    # the stored JSON is what the hash was computed over
+    assert hashlib.sha256(row["config_json"].encode()).hexdigest()[:16] == rc.config_hash
+    assert json.loads(row["config_json"])["config"]["seed"] == rc.bench.seed
+    assert row["device"] and row["seed"] == rc.bench.seed
+
+
+def test_rerun_skips_and_a_lost_unit_is_recomputed_alone(smoke):
+    rc, root, first = smoke
+    exp = _expected(rc)
+    again = run_benchmark(rc, engine="inline")
+    assert again["computed"] == 0 and again["skipped"] == exp["tasks"]
+    # lose one attack unit (its manifest): exactly that unit is recomputed, nothing else
+    unit = ShardUnit(rc.config_hash, "attack", rc.bench.models.names[0], rc.bench.interpreters.names[-1], "adv2", 1,
+                     rc.num_shards)
+    manifest_path(root, unit).unlink()
+    third = run_benchmark(rc, engine="inline")
+    assert third["computed"] == 1
+    writers = run_sql(root, "SELECT run_id, count(*) AS n FROM shards GROUP BY run_id").to_pylist()
+    assert {r["run_id"]: r["n"] for r in writers}[third["run_id"]] == 1
+    n, keys = run_sql(root, "SELECT count(*), count(DISTINCT (model, interpreter, attack, image_id)) FROM samples "
+                            "WHERE config_hash = ?", [rc.config_hash]).to_pylist()[0].values()
+    assert n == keys == exp["samples"]
+    assert run_sql(root, "SELECT count(*) AS n FROM runs").to_pylist()[0]["n"] == 3
+    assert ResultStore(root).completed_units(rc.config_hash, full=True) >= {unit}
+
+
+def test_stored_perturbation_reproduces_the_judged_image(smoke):
+    """Re-apply the int16 delta to the reloaded clean image (numpy, independent of the cell): the model's
+    prediction on it is the stored ``pred_class``, and every success is classified as its target."""
+    from tasks import worker
+
+    rc, root, _ = smoke
+    ds = worker.get_dataset(rc)
+    model = worker.load_classifier(rc, rc.bench.models.names[0], "cpu", allow_train=False)
+    eps = rc.attack_params["pgd"]["eps"]
+    checked = 0
+    for interp in rc.bench.interpreters.names:
+        for attack in rc.bench.attacks.names:
+            for s in range(rc.num_shards):
+                unit = ShardUnit(rc.config_hash, "attack", rc.bench.models.names[0], interp, attack, s, rc.num_shards)
+                arr = read_arrays(arrays_path(root, unit))
+                x = ds.load(arr["index"].tolist()).images.numpy()
+                assert list(ds.load(arr["index"].tolist()).ids) == [str(i) for i in arr["image_id"]]
+                x_adv = apply_perturbation(x, arr["perturbation"])
+                assert np.abs(arr["perturbation"]).max() <= math.ceil(eps * 255) + 1  # inside the eps-ball (+ rounding)
+                with torch.no_grad():
+                    pred = model(torch.from_numpy(x_adv)).argmax(1).numpy()
+                rows = run_sql(root, "SELECT image_id, success, pred_class FROM samples WHERE config_hash = ? AND "
+                                     "interpreter = ? AND attack = ? AND shard = ?", [rc.config_hash, interp, attack, s])
+                by_id = {r["image_id"]: r for r in rows.to_pylist()}
+                for image_id, p, t in zip(arr["image_id"], pred, arr["target_class"]):
+                    row = by_id[str(image_id)]
+                    assert row["pred_class"] == p  # the stored delta rebuilds the image that was judged
+                    assert not row["success"] or p == t  # success requires the target class on that image
+                    checked += 1
+    assert checked == len(rc.bench.interpreters.names) * len(rc.bench.attacks.names) * rc.bench.data.num_images
+
+
+def test_shard_budget_exceeded_writes_nothing(tmp_path):
+    rc = _smoke(tmp_path, "pipeline.shard_budget_s=1e-9", "attacks.names=[pgd]", "cross_eval.enabled=false",
+                "pipeline.report=false")
+    with pytest.raises(BenchmarkFailed, match="budget") as ei:
+        run_benchmark(rc, engine="inline")
+    assert "\n" not in str(ei.value)
+    assert not list(tmp_path.rglob("samples/**/*.parquet")) and not list(tmp_path.rglob("*.npz"))
+    assert ResultStore(tmp_path).completed_units(rc.config_hash) == set()
+    row = run_sql(tmp_path, "SELECT status FROM runs").to_pylist()
+    assert [r["status"] for r in row] == ["failed"]
+
+
+def test_retry_only_transient_errors():
+    class State:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def result(self, raise_on_failure=False):
+            return self.exc
+
+    transient = [OSError("nfs hiccup"), RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")]
+    permanent = [Adv2Error("bad input"), ConfigError("unknown model"), ValueError("bug"), RuntimeError("shape")]
+    if hasattr(torch.cuda, "OutOfMemoryError"):
+        transient.append(torch.cuda.OutOfMemoryError("oom"))
+    assert all(is_transient(e) and retry_transient(None, None, State(e)) for e in transient)
+    assert not any(is_transient(e) or retry_transient(None, None, State(e)) for e in permanent)
+
+
+def test_distributed_run_without_server_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    rc = _smoke(tmp_path, "pipeline.dask_address=tcp://127.0.0.1:9")
+    with pytest.raises(ConfigError) as ei:
+        run_benchmark(rc)
+    msg = str(ei.value)
+    assert "prefect server start" in msg and "PREFECT_API_URL" in msg and "\n" not in msg
+
+
+def test_unwritable_results_root_fails_before_any_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    rc = _smoke(blocker / "results")
+    with pytest.raises(Adv2Error, match="not writable"):
+        run_benchmark(rc, engine="inline")
