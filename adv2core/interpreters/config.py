@@ -1,0 +1,192 @@
+"""Configuration of the two optimised/trained interpreters, RTS and MASK (spec sections 2.3, 2.4, 2.5).
+
+The class DEFAULTS are the paper/official-code values (224x224 ImageNet). Presets in
+``configs/interpreters/<preset>.yaml`` override them: ``paper`` is empty on purpose (the defaults *are*
+the paper), ``quick`` scales sizes to the 64x64 embedded images and cuts iterations so that everything
+runs on 2 CPU cores. Every field that changes a trained RTS masking model is part of its cache key
+(see :func:`RTSConfig.training_key`); inference-only fields (``model_confidence``) are not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from adv2core.errors import ConfigError
+
+#: Where the preset YAML files live (repository root / configs / interpreters).
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "interpreters"
+
+
+def cv2_default_sigma(ksize: int) -> float:
+    """The sigma cv2.getGaussianKernel uses for sigma <= 0: 0.3*((k-1)/2 - 1) + 0.8 (21 -> 3.5, 11 -> 2.0)."""
+    return 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
+
+
+def _odd(name: str, k: int) -> None:
+    if k < 1 or k % 2 == 0:
+        raise ValueError(f"{name} must be a positive odd integer, got {k}")
+
+
+class MaskConfig(BaseModel):
+    """MASK v2 (Fong & Vedaldi meaningful perturbation as in the ADV^2 code's ``mask_iter_v2``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mask_divisor: int = Field(8, ge=1, description="mask side = input side / mask_divisor (28 at 224)")
+    upsample_extra: int = Field(4, ge=0, description="the image is bilinearly upsampled to input + this (228 at 224)")
+    jitter: int = Field(4, ge=1, description="crop offsets drawn from {0..jitter-1}^2 each iteration (1 = no jitter)")
+    blur_kernel: int = Field(21, description="Gaussian blur of the reference image, odd kernel side")
+    blur_sigma: float | None = Field(None, gt=0, description="None -> cv2's default for the kernel (3.5 for 21)")
+    mask_blur_kernel: int = Field(11, description="Gaussian blur of the upsampled mask, odd kernel side")
+    mask_blur_sigma: float | None = Field(None, gt=0, description="None -> cv2's default for the kernel (2.0 for 11)")
+    l1_coeff: float = Field(1e-4, ge=0, description="lambda1 on sum over cells of |1 - m|")
+    tv_coeff: float = Field(1e-2, ge=0, description="lambda2 on the TV term")
+    tv_beta: float = Field(3.0, gt=0, description="TV exponent: (dx^2 + dy^2 + 1e-8)^(beta/2)")
+    tv_transposed: bool = Field(True, description="the code's quirk: pair dy with the TRANSPOSED dx (square masks)")
+    lr: float = Field(0.1, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    iterations: int = Field(300, ge=0)
+    init: float = Field(0.5, ge=0, le=1, description="initial mask value (1 keeps, 0 blurs)")
+    seed: int = Field(0, description="mixed with each image id to seed its jitter stream")
+    # Inner-state reset used by the ADV^2 MASK attack every 50 outer iterations (spec 2.4, stage 2 step 1).
+    reset_exp_avg_scale: float = Field(0.5, ge=0)
+    reset_exp_avg_sq_scale: float = Field(0.25, ge=0)
+    reset_step: int = Field(100, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "MaskConfig":
+        _odd("blur_kernel", self.blur_kernel)
+        _odd("mask_blur_kernel", self.mask_blur_kernel)
+        if self.jitter > self.upsample_extra + 1:
+            raise ValueError(f"jitter {self.jitter} needs upsample_extra >= {self.jitter - 1}, got {self.upsample_extra}")
+        return self
+
+    @property
+    def image_sigma(self) -> float:
+        return self.blur_sigma if self.blur_sigma is not None else cv2_default_sigma(self.blur_kernel)
+
+    @property
+    def mask_sigma(self) -> float:
+        return self.mask_blur_sigma if self.mask_blur_sigma is not None else cv2_default_sigma(self.mask_blur_kernel)
+
+
+class RTSConfig(BaseModel):
+    """RTS masking model (Dabkowski & Gal; pytorch-saliency ``saliency_train.py``) and its training recipe.
+
+    Alternative-image values (noise, colour, preserved noise) are in pytorch-saliency's [-2, 2] image
+    domain, as in the paper's code; they are divided by ``image_domain_scale`` (4) for our [0,1] images.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # --- architecture ---------------------------------------------------------------------------
+    decoder_base: int = Field(64, ge=4, description="channels of the finest upsampler stage; x2 per coarser stage")
+    input_convention: Literal["auto", "classifier", "pm2"] = Field(
+        "auto",
+        description="encoder input: 'classifier' normalisation, 'pm2' = (x-0.5)*4 (pytorch-saliency's "
+        "ResNet-50 checkpoint); 'auto' = pm2 for resnet50, classifier otherwise",
+    )
+    mask_eps: float = Field(1e-8, ge=0, description="mask = |a| / (|a| + |b| + eps)")
+    model_confidence: float = Field(6.0, description="selector gate offset at inference (attack and benign maps)")
+
+    # --- phase 1: class selector only (exists-logit cross-entropy) ------------------------------
+    phase1_iterations: int = Field(8500, ge=0)
+    phase1_batch_size: int = Field(128, ge=1)
+    phase1_lr: float = Field(1e-3, gt=0)
+    phase1_weight_decay: float = Field(1e-4, ge=0)
+    phase1_lr_step: int | None = Field(4000, ge=1, description="divide the lr by 10 every this many iterations")
+    phase1_fake_prob: float = Field(0.5, ge=0, le=1)
+
+    # --- phase 2: decoder (encoder frozen; selector frozen as in the code) ------------------------
+    phase2_iterations: int = Field(3000, ge=0)
+    phase2_batch_size: int = Field(64, ge=1)
+    phase2_lr: float = Field(1e-3, gt=0)
+    phase2_weight_decay: float = Field(1e-4, ge=0)
+    phase2_lr_step: int | None = Field(None, ge=1)
+    phase2_fake_prob: float = Field(0.3, ge=0, le=1)
+    phase2_train_selector: bool = Field(
+        False, description="pytorch-saliency's get_trainable_parameters excludes the selector in phase 2"
+    )
+
+    # --- losses -----------------------------------------------------------------------------------
+    destroyer_coeff: float = Field(1.0, ge=0)
+    destroyer_confidence: float = Field(5.0, ge=0)
+    area_coeff: float = Field(8.0, ge=0)
+    area_power: float = Field(0.3, gt=0)
+    smoothness_coeff: float = Field(0.005, ge=0)
+    smoothness_power: float = Field(2.0, gt=0)
+    border_penalty: float = Field(0.3, ge=0)
+    preserver_coeff: float = Field(0.3, ge=0)
+    preserver_confidence: float = Field(1.0, ge=0)
+
+    # --- alternative images -------------------------------------------------------------------------
+    alt_noise_std: float = Field(0.11, ge=0)
+    alt_color_range: float = Field(0.66, ge=0)
+    alt_blur_prob: float = Field(0.5, ge=0, le=1)
+    alt_blur_kernel: int = Field(55)
+    alt_blur_sigma: float = Field(11.0, gt=0)
+    preserved_noise_std: float = Field(0.03, ge=0)
+    image_domain_scale: float = Field(4.0, gt=0, description="width of pytorch-saliency's image domain [-2,2]")
+
+    # --- data ---------------------------------------------------------------------------------------
+    hflip: bool = True
+    crop_min_area: float | None = Field(0.3, gt=0, le=1, description="RandomSizedCrop min area (None: off)")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "RTSConfig":
+        _odd("alt_blur_kernel", self.alt_blur_kernel)
+        return self
+
+    def training_key(self) -> dict[str, Any]:
+        """The fields that determine the trained weights (cache key); inference-only ones dropped."""
+        return self.model_dump(exclude={"model_confidence"})
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {"rts": RTSConfig, "mask": MaskConfig}
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_interpreter_config(preset: str | Path = "paper") -> dict[str, BaseModel]:
+    """``{"rts": RTSConfig, "mask": MaskConfig}`` for a preset name (``paper``, ``quick``) or a YAML path.
+
+    The YAML holds optional ``rts:`` and ``mask:`` mappings of overrides on the paper defaults.
+    """
+    path = Path(preset)
+    if path.suffix not in (".yaml", ".yml"):
+        path = PRESET_DIR / f"{preset}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"unknown interpreter preset {str(preset)!r}; choose one of: {', '.join(preset_names())}")
+    if not path.is_file():
+        raise ConfigError(f"interpreter config not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML in {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict) or set(raw) - set(_SECTIONS):
+        extra = sorted(set(raw) - set(_SECTIONS)) if isinstance(raw, dict) else raw
+        raise ConfigError(f"{path}: top-level keys must be among {sorted(_SECTIONS)}, got {extra}")
+    out: dict[str, BaseModel] = {}
+    for key, cls in _SECTIONS.items():
+        section = raw.get(key) or {}
+        try:
+            out[key] = cls(**section)
+        except (ValidationError, TypeError) as exc:
+            first = str(exc).splitlines()
+            msg = " ".join(first[:3]) if first else type(exc).__name__
+            raise ConfigError(f"{path}: invalid {key} settings: {msg}") from None
+    return out
+
+
+def default_preset(model_name: str) -> str:
+    """``quick`` for the embedded 64x64 models, ``paper`` for the real 224x224 ones."""
+    return "quick" if model_name.endswith("-mini") else "paper"

@@ -1,0 +1,254 @@
+"""The RTS masking model (Dabkowski & Gal 2017, spec section 2.3), built around a classifier-family encoder.
+
+Architecture (our own implementation of the pytorch-saliency design):
+
+* **encoder**: a frozen feature extractor returning the last feature map at every resolution from the
+  map's native side (input/4) down to the deepest one, plus its *own* classifier head.
+
+  - embedded models (``*-mini``): a frozen copy of the classifier itself (backbone and fc). This mirrors
+    RTS-ResNet in the paper, whose pytorch-saliency encoder is the same ImageNet ResNet-50 as the black
+    box; for ``densenet-mini`` the encoder is the densenet-mini (the paper's RTS-DenseNet used a ResNet-50
+    encoder; a second embedded family would couple the two models' caches, so we do not).
+  - ``resnet50``/``isic-resnet50``: a frozen copy of the classifier (a ResNet-50, as in the paper).
+  - ``densenet169``: a torchvision ResNet-50 (ImageNet weights from the local hub cache if present),
+    as the paper's RTS-DenseNet.
+
+  Input convention ``pm2`` = (x - 0.5) * 4, the public pytorch-saliency checkpoint's, or the classifier's
+  own normalisation.
+* **class selector**: an embedding K x C_deep; act = sum_ch(s * emb[c]) gates the deepest features,
+  s <- s * sigmoid(act - confidence); the spatial mean of act gives the "exists" logits (-a/2, a/2)
+  trained in phase 1.
+* **U-Net upsampler**: per stage conv3x3 -> BN -> ReLU -> pixel shuffle (x2), concatenated with the
+  encoder skip at that resolution, then a bottleneck residual block; channels ``decoder_base * 2^j`` for
+  stage j (0 = finest), up to input/4.
+* **head**: 1x1 conv to two channels (a, b); mask = |a| / (|a| + |b| + eps) in [0,1].
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adv2core.errors import CheckpointError, ConfigError
+from adv2core.interpreters.config import RTSConfig
+from adv2core.models.classifier import Classifier
+
+#: The map's native stride (map side = input / 4 at every input size, spec section 2).
+MAP_STRIDE = 4
+
+
+def _flatten(module: nn.Module) -> list[nn.Module]:
+    """Plain ``nn.Sequential`` containers expanded in order (subclasses such as DenseNet's transition
+    layers stay whole, so a 'last output at a resolution' is a block output, not a pre-pool conv)."""
+    if type(module) is nn.Sequential:
+        out: list[nn.Module] = []
+        for child in module:
+            out += _flatten(child)
+        return out
+    return [module]
+
+
+class ClassifierEncoder(nn.Module):
+    """Frozen feature extractor: [0,1] images -> feature maps (finest skip ... deepest) and own logits."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        fc: nn.Linear,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        input_size: int,
+        convention: Literal["classifier", "pm2"] = "classifier",
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(_flatten(copy.deepcopy(backbone)))
+        self.fc = copy.deepcopy(fc)
+        self.register_buffer("mean", mean.detach().clone().view(1, -1, 1, 1))
+        self.register_buffer("std", std.detach().clone().view(1, -1, 1, 1))
+        self.convention = convention
+        self.requires_grad_(False)
+        self.eval()
+        self.tap_index, self.tap_channels = self._find_taps(input_size)
+
+    @torch.no_grad()
+    def _find_taps(self, input_size: int) -> tuple[list[int], list[int]]:
+        p = next(self.parameters())
+        x = torch.zeros(1, 3, input_size, input_size, device=p.device, dtype=p.dtype)
+        sides, chans = [], []
+        for layer in self.layers:
+            x = layer(x)
+            sides.append(x.shape[-1])
+            chans.append(x.shape[1])
+        last_at: dict[int, int] = {}
+        for i, s in enumerate(sides):
+            last_at[s] = i  # the last layer whose output has side s
+        deepest = len(sides) - 1
+        native = input_size // MAP_STRIDE
+        side, taps = sides[deepest], [deepest]
+        if native % side or (native // side) & (native // side - 1):
+            raise ConfigError(f"RTS needs the deepest feature side ({side}) to divide input/4 ({native}) by a power of 2")
+        while side < native:
+            side *= 2
+            if side not in last_at:
+                raise ConfigError(f"RTS encoder has no feature map of side {side} for a U-Net skip")
+            taps.append(last_at[side])
+        taps.reverse()  # finest first, deepest last
+        return taps, [chans[i] for i in taps]
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.convention == "pm2":
+            return (x - 0.5) * 4.0
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps at the tap layers, finest (input/4) first, deepest last."""
+        h = self.normalize(x)
+        want = set(self.tap_index)
+        out = []
+        for i, layer in enumerate(self.layers[: self.tap_index[-1] + 1]):
+            h = layer(h)
+            if i in want:
+                out.append(h)
+        return out
+
+    def logits_from(self, deepest: torch.Tensor) -> torch.Tensor:
+        return self.fc(deepest.mean(dim=(2, 3)))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's own classifier head (the ADV^2 RTS attack's l_enc term)."""
+        return self.logits_from(self(x)[-1])
+
+    def train(self, mode: bool = True) -> "ClassifierEncoder":
+        return super().train(False)  # always frozen: BN running statistics never change
+
+
+class _Bottleneck(nn.Module):
+    """Residual bottleneck (1x1 reduce, 3x3, 1x1 expand) with a 1x1 projection shortcut."""
+
+    def __init__(self, cin: int, cout: int, ratio: int = 4) -> None:
+        super().__init__()
+        mid = max(1, cout // ratio)
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
+            nn.Conv2d(mid, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
+            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+class _UpStage(nn.Module):
+    """x2 upsampling by pixel shuffle, then fuse with the encoder skip of that resolution."""
+
+    def __init__(self, cin: int, cskip: int, cout: int) -> None:
+        super().__init__()
+        self.up = nn.Sequential(
+            nn.Conv2d(cin, 4 * cout, 3, padding=1, bias=False), nn.BatchNorm2d(4 * cout), nn.ReLU(), nn.PixelShuffle(2)
+        )
+        self.fuse = _Bottleneck(cout + cskip, cout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([self.up(x), skip], dim=1))
+
+
+class MaskingModel(nn.Module):
+    """Encoder + class selector + U-Net upsampler -> mask [N,1,S/4,S/4] for a class per image."""
+
+    def __init__(self, encoder: ClassifierEncoder, num_classes: int, decoder_base: int = 64, mask_eps: float = 1e-8) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.num_classes = num_classes
+        self.mask_eps = mask_eps
+        chans = encoder.tap_channels
+        deep = chans[-1]
+        self.selector = nn.Embedding(num_classes, deep)
+        nn.init.normal_(self.selector.weight, 0.0, 1.0 / math.sqrt(deep))
+        n_stages = len(chans) - 1
+        stages, cin = [], deep
+        for j in reversed(range(n_stages)):  # coarse -> fine; stage j outputs decoder_base * 2^j
+            cout = decoder_base * 2**j
+            stages.append(_UpStage(cin, chans[j], cout))
+            cin = cout
+        self.stages = nn.ModuleList(stages)
+        self.to_mask = nn.Conv2d(cin, 2, 1)
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        return list(self.stages.parameters()) + list(self.to_mask.parameters())
+
+    def selector_act(self, deepest: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        """act [N,1,h,w] = sum over channels of deepest * emb[cls]."""
+        return (deepest * self.selector(cls)[:, :, None, None]).sum(dim=1, keepdim=True)
+
+    @staticmethod
+    def exists_logits(act: torch.Tensor) -> torch.Tensor:
+        """[N,2] logits of (fake, real) from the spatial mean of act, as pytorch-saliency."""
+        ex = act.mean(dim=(2, 3))
+        return torch.cat([-ex / 2, ex / 2], dim=1)
+
+    def decode(self, feats: list[torch.Tensor], cls: torch.Tensor, confidence: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask [N,1,S/4,S/4], exists logits [N,2]) from encoder features."""
+        deepest = feats[-1]
+        act = self.selector_act(deepest, cls)
+        flow = deepest * torch.sigmoid(act - confidence)
+        for stage, skip in zip(self.stages, reversed(feats[:-1])):
+            flow = stage(flow, skip)
+        ab = self.to_mask(flow).abs()
+        a, b = ab[:, 0:1], ab[:, 1:2]
+        return a / (a + b + self.mask_eps), self.exists_logits(act)
+
+    def forward(self, x: torch.Tensor, cls: torch.Tensor, confidence: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decode(self.encoder(x), cls, confidence)
+
+
+# ------------------------------------------------------------------------------------------------
+# Construction for a classifier
+# ------------------------------------------------------------------------------------------------
+def resolve_convention(classifier: Classifier, cfg: RTSConfig) -> Literal["classifier", "pm2"]:
+    if cfg.input_convention == "auto":
+        return "pm2" if classifier.name == "resnet50" else "classifier"
+    return cfg.input_convention
+
+
+def build_encoder(classifier: Classifier, cfg: RTSConfig) -> tuple[ClassifierEncoder, bool]:
+    """(encoder, pretrained) for a classifier, per the module docstring's family rules."""
+    conv = resolve_convention(classifier, cfg)
+    if classifier.name == "densenet169":
+        from adv2core.models import torchvision_models as tv
+
+        try:
+            enc_net, pretrained = tv.resnet50(weights="imagenet"), True
+        except CheckpointError:
+            enc_net, pretrained = tv.resnet50(weights=None), False  # a masker checkpoint must supply it
+        enc_net = enc_net.to(classifier.mean.device)
+        return ClassifierEncoder(enc_net.backbone, enc_net.fc, enc_net.mean, enc_net.std, classifier.input_size, conv), pretrained
+    return ClassifierEncoder(classifier.backbone, classifier.fc, classifier.mean, classifier.std, classifier.input_size, conv), True
+
+
+def build_masker(classifier: Classifier, cfg: RTSConfig) -> MaskingModel:
+    """A fresh masking model for ``classifier`` (decoder and selector initialised from ``cfg.seed``)."""
+    encoder, _ = build_encoder(classifier, cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        masker = MaskingModel(encoder, classifier.num_classes, cfg.decoder_base, cfg.mask_eps)
+    return masker.to(classifier.mean.device)
+
+
+def load_masker_state(masker: MaskingModel, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load, except that a checkpoint without ``encoder.*`` keys keeps the built encoder (like
+    pytorch-saliency's minimal checkpoints, which never store the pretrained encoder)."""
+    has_encoder = any(k.startswith("encoder.") for k in state)
+    try:
+        missing, unexpected = masker.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        raise CheckpointError(f"RTS checkpoint {source} does not fit this masking model: {str(exc).splitlines()[0][:200]}") from None
+    missing = [k for k in missing if has_encoder or not k.startswith("encoder.")]
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {list(unexpected)[:3]}"
+        raise CheckpointError(f"RTS checkpoint {source} does not fit this masking model ({what})")
