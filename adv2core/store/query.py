@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -211,15 +212,43 @@ def check_sql(sql: str) -> list[str]:
     return [s.query for s in stmts]
 
 
+#: A file listed by a view's glob vanished before DuckDB opened it: a unit was being rewritten (its old
+#: manifest is dropped first) or rolled back after a failed write. Transient by construction.
+_VANISHED = re.compile(r"No such file or directory|No files found that match the pattern")
+#: Re-plans after a vanished file (each re-globs): the windows are milliseconds, the backoff sums to ~0.6 s.
+VANISHED_RETRIES = 6
+
+
+def _vanished_under(root: Path, exc: BaseException) -> bool:
+    text = str(exc)
+    return bool(_VANISHED.search(text)) and root.as_posix() in text
+
+
 def run_sql(root: str | Path, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pa.Table:
     """Run user SQL read-only against the store; returns the last statement's result as Arrow.
 
     Raises SqlRefused for writes, configuration changes or file access outside the root, QueryError
-    for DuckDB errors (syntax, unknown column, ...).
+    for DuckDB errors (syntax, unknown column, ...). A read that loses a race with a writer replacing or
+    removing a unit's file (DuckDB listed it, then it was gone) is re-planned on a fresh connection,
+    so readers running during a run never see that as an error.
     """
     queries = check_sql(sql)
     if params is not None and len(queries) != 1:
         raise SqlRefused("parameters are only supported with a single statement")
+    r = _resolve_root(root)
+    for attempt in range(VANISHED_RETRIES + 1):
+        try:
+            return _run_once(r, queries, params)
+        except duckdb.IOException as exc:
+            if attempt < VANISHED_RETRIES and _vanished_under(r, exc):
+                time.sleep(0.01 * 2 ** attempt)
+                continue
+            raise QueryError(_first_line(exc)) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _run_once(root: Path, queries: list[str], params: Sequence[Any] | dict[str, Any] | None) -> pa.Table:
+    """One attempt on a fresh locked connection; duckdb.IOException is left to the caller's retry."""
     con = connect(root)
     try:
         result = pa.table({})
@@ -238,6 +267,8 @@ def run_sql(root: str | Path, sql: str, params: Sequence[Any] | dict[str, Any] |
             raise SqlRefused(f"access refused: {m.group(1)} is not a view, and only files below the results "
                              f"root can be read") from None
         raise QueryError(_first_line(exc)) from None
+    except duckdb.IOException:
+        raise
     except duckdb.Error as exc:
         raise QueryError(_first_line(exc)) from None
     finally:
