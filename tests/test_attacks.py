@@ -423,3 +423,63 @@ def test_adv2_mask_mechanics(model, small, code_compatible):
     # success = a snapshot exists whose truncated image is classified as c_t; selected steps are snapshots
     sel = res.selected_step[res.success]
     assert bool(((sel - att.cfg.stage1_steps) % 2 == 1).all())
+
+
+def test_adv2_mask_short_stage2_snapshots_the_last_iterate(model, small):
+    """A stage 2 shorter than resolve_every (e.g. a step-capped pipeline run) still selects a snapshot."""
+    b, t = small
+    x, y, ids = b.images[:2], b.labels[:2], b.ids[:2]
+    att = ADV2Mask(model, _tiny_mask(model), eps=0.1, alpha=0.02, stage1_steps=10, stage2_steps=1, resolve_every=50,
+                   inner_plain=1, inner_unrolled=1, ls_bisections=2, margin_threshold=-0.5)
+    res = att(x, t[:2], y=y, ids=ids)
+    with torch.no_grad():
+        hit = model(torch.floor(res.x_adv * 255) / 255).argmax(1) == t[:2]
+    assert res.success.tolist() == hit.tolist()
+    assert res.selected_step[res.success].tolist() == [11] * int(res.success.sum())
+
+
+# ----------------------------------------------------------------------------------------------------
+# no host syncs inside the step loops
+# ----------------------------------------------------------------------------------------------------
+_SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+
+@pytest.fixture
+def forbid_host_syncs(monkeypatch):
+    """Make every Python-level device->host transfer raise while an attack's ``_run`` executes.
+
+    ``Status.reasons`` (the one conversion after the loops) is stubbed; everything else in ``_run`` —
+    step loops, best-iterate/snapshot bookkeeping, line search — must stay on the device.
+    """
+    from adv2core.attacks import base
+
+    def boom(self, *a, **k):
+        raise AssertionError("host sync inside an attack loop")
+
+    monkeypatch.setattr(base.Status, "reasons", lambda self: [None] * self.failed.shape[0])
+
+    def arm():
+        for name in _SYNC_METHODS:
+            monkeypatch.setattr(torch.Tensor, name, boom)
+
+    return arm
+
+
+def test_attack_loops_do_not_sync(model, small, forbid_host_syncs):
+    b, t = small
+    x, y, ids = b.images[:2], b.labels[:2], b.ids[:2]
+    t = t[:2]
+    cam, grad, mk = CAM(model), Grad(model), _tiny_mask(model)
+    jobs = [
+        (PGD(model, steps=3), None),
+        (ADV2CAM(model, cam, stage1_steps=2, stage2_steps=2), cam.explain(x, y)),
+        (ADV2Grad(model, grad, stage1_steps=2, stage2_steps=(2, 1, 1, 1), select_every=1, select_p_threshold=0.0), grad.explain(x, y)),
+        (StAdv(model, steps=2), None),
+        (StAdvADV2(model, cam, stage1_steps=2, stage2_steps=2), cam.explain(x, y)),
+        (ADV2Mask(model, mk, stage1_steps=2, stage2_steps=2, resolve_every=1, inner_plain=1, inner_unrolled=1, ls_bisections=2),
+         mk.explain(x, y, ids=ids)),
+    ]
+    forbid_host_syncs()
+    for att, tmap in jobs:
+        res = att._run(x, t, tmap, list(ids))
+        assert res.x_adv.shape == x.shape
