@@ -478,8 +478,14 @@ def test_attack_loops_do_not_sync(model, small, forbid_host_syncs):
         (StAdvADV2(model, cam, stage1_steps=2, stage2_steps=2), cam.explain(x, y)),
         (ADV2Mask(model, mk, stage1_steps=2, stage2_steps=2, resolve_every=1, inner_plain=1, inner_unrolled=1, ls_bisections=2),
          mk.explain(x, y, ids=ids)),
+        (StAdvADV2(model, grad, stage1_steps=2, stage2_steps=(1, 1, 1, 1), select_every=1, select_p_threshold=0.0),
+         grad.explain(x, y)),
+        (StAdvADV2(model, mk, stage1_steps=2, stage2_steps=2, resolve_every=1, inner_plain=1, inner_unrolled=1),
+         mk.explain(x, y, ids=ids)),
     ]
     forbid_host_syncs()
     for att, tmap in jobs:
         res = att._run(x, t, tmap, list(ids))
         assert res.x_adv.shape == x.shape
+        if tmap is not None and type(att).__name__ not in ("ADV2CAM", "StAdvADV2CAM"):
+            assert res.adv_map is not None and res.selected_step is not None  # best-iterate / snapshot attacks
