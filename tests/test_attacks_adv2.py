@@ -20,8 +20,10 @@ QUICK = load_preset("quick")
 #: Asserted margin L1(PGD) - L1(ADV^2) per interpreter (resnet-mini, quick preset, 16 images, seed 0).
 #: Measured (mean L1 PGD -> ADV^2, both at 100 % success): grad 0.086 -> 0.035 (gap 0.051),
 #: cam 0.396 -> 0.149 (0.25), rts 0.111 -> 0.041 (0.070), mask 0.360 -> 0.207 (0.15, 60-iteration
-#: MASK); the asserted margins keep about half of each gap as headroom.
-MARGIN = {"grad": 0.025, "cam": 0.12, "rts": 0.035, "mask": 0.07}
+#: MASK); ratios ADV^2/PGD 0.41, 0.38, 0.37, 0.58. A fresh clone (freshly trained fixture and RTS model)
+#: measured rts 0.031 -> 0.0195 (ratio 0.63), so the assertion is relative: ADV^2's L1 must be at most
+#: this fraction of PGD's on the same images.
+MAX_RATIO = {"grad": 0.7, "cam": 0.7, "rts": 0.8, "mask": 0.8}
 MIN_SUCCESS = 0.9
 #: The densenet-mini fixture is trained to chance accuracy (~11 %); its flat logits are harder to move:
 #: measured ADV^2-CAM success 0.81 (PGD 0.94), L1 0.280 -> 0.131.
@@ -67,7 +69,7 @@ def test_adv2_fools_the_classifier_and_keeps_the_map(interpreter, trained_resnet
     print(f"\n[{interpreter}] success adv2 {succ:.3f} pgd {succ_pgd:.3f}  L1 adv2 {l1_adv:.4f} pgd {l1_pgd:.4f}  (n={n_both})")
     assert succ >= MIN_SUCCESS
     assert n_both >= 8
-    assert l1_adv <= l1_pgd - MARGIN[interpreter], (l1_adv, l1_pgd)
+    assert l1_adv <= MAX_RATIO[interpreter] * l1_pgd, (l1_adv, l1_pgd)
 
 
 @pytest.mark.slow
