@@ -77,6 +77,9 @@ class ModelsSection(_Section):
     weights: str | None = Field("imagenet", description="real models: imagenet | random | /path/to/state_dict")
     per_model_weights: dict[str, str | None] = Field(default_factory=dict, description="weights by model name")
     train: dict[str, Any] = Field(default_factory=dict, description="embedded models: TrainConfig overrides")
+    embedded_data: dict[str, Any] | None = Field(
+        None, description="embedded models: EmbeddedDataConfig they train on (default: data.options when the "
+                          "attacked dataset is the embedded one, else the default embedded set)")
     train_if_missing: bool = Field(True, description="embedded models: train (cached) when no checkpoint exists")
 
     def weights_for(self, name: str) -> str | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
@@ -64,7 +64,8 @@ class Plan:
     dataset_size: int
     skipped_attack: int = 0
     skipped_transfer: int = 0
-    errors: list[str] = field(default_factory=list)
+    stale: int = 0  # complete units whose images no longer match the dataset (recomputed)
+    forced: frozenset = frozenset()  # those units and (model, shard) groups: rewrite even though complete
 
     @property
     def total_tasks(self) -> int:
@@ -78,7 +79,7 @@ class Plan:
         return {
             "attack_units": len(self.attack_units), "pending_attack": len(self.pending_attack),
             "transfer_tasks": len(self.transfer_groups), "pending_transfer": len(self.pending_transfer),
-            "num_images": self.num_images, "dataset_size": self.dataset_size,
+            "num_images": self.num_images, "dataset_size": self.dataset_size, "stale": self.stale,
         }
 
 
@@ -102,11 +103,39 @@ def make_plan(rc: ResolvedConfig, store: ResultStore) -> Plan:
         for m in b.models.names for i in b.interpreters.names for a in b.attacks.names for s in range(num_shards)
     ]
     complete = store.completed_units(rc.config_hash)
+    stale = _stale_units(rc, store, ds, complete)
+    complete -= stale
     pending = [u for u in units if u not in complete]
     groups = [(m, s) for m in b.models.names for s in range(num_shards)] if rc.cross_eval_attacks else []
     pending_groups = [g for g in groups if any(u not in complete for u in transfer_units(rc, *g))]
+    forced = frozenset(stale) | frozenset((u.model, u.shard) for u in stale)
     return Plan(units, pending, groups, pending_groups, n, n_avail,
-                skipped_attack=len(units) - len(pending), skipped_transfer=len(groups) - len(pending_groups))
+                skipped_attack=len(units) - len(pending), skipped_transfer=len(groups) - len(pending_groups),
+                stale=len(stale), forced=forced)
+
+
+def _stale_units(rc: ResolvedConfig, store: ResultStore, ds: Any, complete: set[ShardUnit]) -> set[ShardUnit]:
+    """Complete units whose stored image ids differ from the shard's current images.
+
+    The hash covers a folder dataset's path, not its files: if images were added or removed there, a
+    shard's rows would silently describe other images. One DuckDB query over the ``samples`` ids finds
+    such units; they are recomputed (overwritten in place), and their cross-evaluation with them.
+    """
+    from adv2core.store import run_sql
+    from tasks import worker
+
+    attack_done = [u for u in complete if u.stage == "attack"]
+    if not attack_done:
+        return set()
+    t = run_sql(store.root, "SELECT model, interpreter, attack, shard, list(image_id ORDER BY image_id) AS ids "
+                            "FROM samples WHERE config_hash = ? GROUP BY ALL", [rc.config_hash])
+    stored = {(r["model"], r["interpreter"], r["attack"], r["shard"]): r["ids"] for r in t.to_pylist()}
+    expected = {s: sorted(ds.ids[i] for i in worker.shard_dataset_indices(rc, len(ds), s))
+                for s in range(rc.num_shards)}
+    stale = {u for u in attack_done if stored.get((u.model, u.interpreter, u.attack, u.shard)) != expected[u.shard]}
+    stale |= {u for u in complete if u.stage == "transfer" and any(
+        (a.model, a.shard) == (u.model, u.shard) for a in stale)}
+    return stale
 
 
 # ---------------------------------------------------------------------------------------- engines
@@ -215,11 +244,12 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
     try:
         plan = make_plan(rc, store)
         summary["plan"] = plan.to_dict()
-        tracker.start(plan.total_tasks, plan.done_tasks)
         failures: list[dict[str, Any]] = summary["failures"]
 
         # prepare: models needed by pending work
         needed = sorted({u.model for u in plan.pending_attack} | {m for m, _ in plan.pending_transfer})
+        if needed:
+            tracker.note(f"preparing {', '.join(needed)} (first use trains embedded models and RTS, cached)")
         prep = {engine.submit(prepare_model, payload, m, gpu=True): m for m in needed}
         ready: set[str] = set()
         for fut in engine.as_completed(list(prep)):
@@ -229,6 +259,7 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
                 devices.add(str(val.get("device")))
             else:
                 failures.append({"stage": "prepare", "model": prep[fut], "error": _one_line(val)})
+        tracker.start(plan.total_tasks, plan.done_tasks)  # after preparation, so rate and ETA are the shards'
 
         # attack stage, with cross-evaluation submitted as each (model, shard) completes
         waiting: dict[tuple[str, int], set[ShardUnit]] = {g: set() for g in plan.pending_transfer}
@@ -236,10 +267,11 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
             if (u.model, u.shard) in waiting and u.attack in rc.cross_eval_attacks:
                 waiting[(u.model, u.shard)].add(u)
         blocked: set[tuple[str, int]] = set()
+        done_status: list[str | None] = []
         transfer_futs: dict[Any, tuple[str, int]] = {}
 
         def submit_transfer(g: tuple[str, int]) -> None:
-            transfer_futs[engine.submit(transfer_shard, payload, run, g[0], g[1], gpu=True)] = g
+            transfer_futs[engine.submit(transfer_shard, payload, run, g[0], g[1], g in plan.forced, gpu=True)] = g
 
         attack_futs: dict[Any, ShardUnit] = {}
         for u in plan.pending_attack:
@@ -249,7 +281,7 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
                                  "attack": u.attack, "shard": u.shard}, False)
                 continue
             attack_futs[engine.submit(attack_shard, payload, run, u.model, u.interpreter, u.attack, u.shard,
-                                      gpu=True)] = u
+                                      u in plan.forced, gpu=True)] = u
         for g in plan.pending_transfer:  # all its sources were already complete
             if not waiting[g] and g[0] in ready:
                 submit_transfer(g)
@@ -259,7 +291,9 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
             info = val if ok else {"stage": "attack", "model": u.model, "interpreter": u.interpreter,
                                    "attack": u.attack, "shard": u.shard}
             if ok:
-                devices.add(str(val.get("device"))) if val.get("device") else None
+                done_status.append(val.get("status"))
+                if val.get("device"):
+                    devices.add(str(val["device"]))
             else:
                 failures.append({**info, "error": _one_line(val)})
             tracker.advance(info, ok)
@@ -278,12 +312,15 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
         for fut in engine.as_completed(list(transfer_futs)):
             m, s = transfer_futs[fut]
             ok, val = engine.outcome(fut)
-            if not ok:
+            if ok:
+                done_status.append(val.get("status"))
+            else:
                 failures.append({"stage": "transfer", "model": m, "shard": s, "error": _one_line(val)})
             tracker.advance(val if ok else {"stage": "transfer", "model": m, "shard": s}, ok)
 
         summary["seconds"] = round(time.perf_counter() - t0, 3)
-        summary["computed"] = len(attack_futs) + len(transfer_futs) - len(failures)
+        summary["computed"] = sum(1 for st in done_status if st == "done")
+        summary["skipped_by_task"] = sum(1 for st in done_status if st == "skipped")  # a concurrent run wrote it
         summary["skipped"] = plan.done_tasks
         status = "completed" if not failures else "failed"
         summary["status"] = status

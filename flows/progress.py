@@ -9,6 +9,7 @@ parameters must stay plain data, so callables cannot travel with the flow.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from typing import Any, Callable, Protocol
@@ -57,6 +58,13 @@ class Tracker:
             self.logger.info("plan: %d shard tasks, %d already complete, %d to run", total, done, total - done)
         self._artifact()
 
+    def note(self, text: str) -> None:
+        """A phase change worth showing (e.g. models being trained before the first shard)."""
+        if self.listener is not None and hasattr(self.listener, "note"):
+            self.listener.note(text)
+        if self.logger is not None:
+            self.logger.info(text)
+
     def eta_s(self) -> float | None:
         ran = self.done - self.initial
         left = self.total - self.done
@@ -102,9 +110,18 @@ class TqdmListener:
 
         self.bar = tqdm(total=total, initial=done, desc=self.desc, unit="shard", dynamic_ncols=True)
 
+    def note(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(text)
+        else:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+
     def advance(self, summary: dict[str, Any], ok: bool) -> None:
         if self.bar is None:
             return
+        if self.bar.desc != self.desc:
+            self.bar.set_description(self.desc)
         if not ok:
             self.failed += 1
             self.bar.set_postfix(failed=self.failed)

@@ -36,14 +36,18 @@ def _run_cell_fn():
 
 
 def run_attack_shard(payload: dict[str, Any], run: dict[str, Any], model: str, interpreter: str, attack: str,
-                     shard: int) -> dict[str, Any]:
-    """Body of the attack task (also called inline by tests and the inline engine)."""
+                     shard: int, force: bool = False) -> dict[str, Any]:
+    """Body of the attack task (also called inline by tests and the inline engine).
+
+    A complete unit is skipped (a concurrent or earlier run wrote it) unless ``force`` (the plan found
+    it stale: its stored images differ from the shard's current ones).
+    """
     rc = ResolvedConfig.from_payload(payload)
     worker.setup_worker(rc)
     worker.set_torch_threads(rc.bench.pipeline.torch_threads)
     unit = ShardUnit(rc.config_hash, "attack", model, interpreter, attack, shard, rc.num_shards)
     store = ResultStore(rc.results_root)
-    if store.is_complete(unit):
+    if not force and store.is_complete(unit):
         return unit_summary(unit, "skipped")
     t0 = time.perf_counter()
     deadline = Deadline(rc.bench.pipeline.shard_budget_s, f"{model}/{interpreter}/{attack} {unit.shard_name}")

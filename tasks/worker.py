@@ -59,10 +59,13 @@ def device_label(device: str) -> str:
 
 # ---------------------------------------------------------------------------------------- datasets
 def embedded_data_cfg(rc: ResolvedConfig):
-    """The EmbeddedDataConfig of the run (the embedded models were trained on its train split)."""
+    """The EmbeddedDataConfig the run's embedded models (and their RTS maskers) train on."""
     from adv2core.data.synthetic import EmbeddedDataConfig
 
-    return EmbeddedDataConfig(**rc.bench.data.options)
+    explicit = rc.bench.models.embedded_data
+    if explicit is not None:
+        return EmbeddedDataConfig(**explicit)
+    return EmbeddedDataConfig(**(rc.bench.data.options if rc.bench.data.dataset == "embedded" else {}))
 
 
 def dataset_options(data: Any) -> dict[str, Any]:
@@ -135,7 +138,7 @@ def _model_key(rc: ResolvedConfig, name: str, device: str) -> str:
     m = rc.bench.models
     extra: Any = None
     if name.endswith("-mini"):
-        extra = [rc.bench.data.options, m.train]
+        extra = [embedded_data_cfg(rc).model_dump(), m.train]
     return canonical_json([name, m.weights_for(name), extra, device, rc.data_root])
 
 
@@ -203,7 +206,7 @@ def interpreter_options(rc: ResolvedConfig, model_name: str, interpreter: str, *
     params = rc.interpreter_params
     if interpreter == "rts":
         opts = {"rts_cfg": RTSConfig(**params.get("rts", {})), "train_if_missing": train_if_missing}
-        if model_name.endswith("-mini") and rc.bench.data.dataset == "embedded":
+        if model_name.endswith("-mini"):
             opts["data_cfg"] = embedded_data_cfg(rc)
     elif interpreter == "mask":
         opts = {"cfg": MaskConfig(**params.get("mask", {}))}

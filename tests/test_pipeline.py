@@ -189,3 +189,37 @@ def test_unwritable_results_root_fails_before_any_work(tmp_path):
     rc = _smoke(blocker / "results")
     with pytest.raises(Adv2Error, match="not writable"):
         run_benchmark(rc, engine="inline")
+
+
+def test_changed_folder_dataset_recomputes_only_the_shards_that_changed(tmp_path):
+    """A folder's path is hashed, not its files: shards whose images changed are detected and redone."""
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    for c in range(2):
+        (folder / f"c{c}").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def add(name: str) -> None:
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / name)
+
+    for name in ("c0/b.png", "c1/d.png", "c1/e.png", "c1/f.png"):
+        add(name)
+    smoke_data = load_config("smoke").data.options  # the embedded model keeps its training set
+    rc = _smoke(tmp_path / "res", "data.dataset=imagenet", f"data.path={folder}",
+                "data.options={image_size: 64, num_classes: 8}", f"models.embedded_data={json.dumps(smoke_data)}",
+                "data.num_images=4", "data.shard_size=2", "interpreters.names=[cam]",
+                "attacks.names=[pgd]", "attacks.step_cap=2", "pipeline.report=false")
+    first = run_benchmark(rc, engine="inline")
+    assert first["computed"] == 2 + 2  # 2 attack shards + 2 cross-evaluations
+    add("c0/a.png")  # sorts first: shard 0 becomes (a, b), shard 1 (d, e); f drops out of the selection
+    from tasks import worker
+
+    worker.clear_caches()  # a new process would rescan the folder
+    second = run_benchmark(rc, engine="inline")
+    assert second["plan"]["stale"] == 2 * 2 and second["computed"] == 4
+    ids = run_sql(tmp_path / "res", "SELECT shard, list(image_id ORDER BY image_id) AS ids FROM samples "
+                                    "GROUP BY shard ORDER BY shard").to_pylist()
+    assert [r["ids"] for r in ids] == [["c0/a.png", "c0/b.png"], ["c1/d.png", "c1/e.png"]]
+    worker.clear_caches()
+    assert run_benchmark(rc, engine="inline")["computed"] == 0  # and stable afterwards
