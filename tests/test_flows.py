@@ -36,12 +36,12 @@ def _adv2(env, *args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 # The CLI path does not depend on the interpreter: CAM only keeps the two runs cheap.
-CHEAP = ["--set", "interpreters.names=[cam]"]
+CHEAP = ["--set", "interpreters.names=[cam]", "--set", "attacks.step_cap=2"]
 
 
 def test_cli_run_resume_runs_sql_report(prefect_env, tmp_path):
     res = tmp_path / "results"
-    rc = load_config("smoke", overrides=["interpreters.names=[cam]"]).resolve()
+    rc = load_config("smoke", overrides=["interpreters.names=[cam]", "attacks.step_cap=2"]).resolve()
     b = rc.bench
     tasks = len(b.models.names) * rc.num_shards * (len(b.interpreters.names) * len(b.attacks.names) + 1)
 

@@ -35,8 +35,10 @@ def _smoke(root: Path, *extra: str):
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
+    """The smoke preset (2 interpreters x 2 attacks x 2 shards + cross-evaluation), 2 steps per stage:
+    these tests check the plumbing, not the attacks."""
     root = tmp_path_factory.mktemp("results")
-    rc = _smoke(root)
+    rc = _smoke(root, "attacks.step_cap=2")
     summary = run_benchmark(rc, engine="inline")
     return rc, root, summary
 

@@ -18,9 +18,9 @@ Architecture (our own implementation of the pytorch-saliency design):
 * **class selector**: an embedding K x C_deep; act = sum_ch(s * emb[c]) gates the deepest features,
   s <- s * sigmoid(act - confidence); the spatial mean of act gives the "exists" logits (-a/2, a/2)
   trained in phase 1.
-* **U-Net upsampler**: per stage conv3x3 -> BN -> ReLU -> pixel shuffle (x2), concatenated with the
-  encoder skip at that resolution, then a bottleneck residual block; channels ``decoder_base * 2^j`` for
-  stage j (0 = finest), up to input/4.
+* **U-Net upsampler**: per stage conv3x3 -> BN -> ReLU -> pixel shuffle (x2) (or ``upsample='bilinear'``:
+  bilinear x2 -> conv3x3 -> BN -> ReLU), concatenated with the encoder skip at that resolution, then a
+  bottleneck residual block; channels ``decoder_base * 2^j`` for stage j (0 = finest), up to input/4.
 * **head**: 1x1 conv to two channels (a, b); mask = |a| / (|a| + |b| + eps) in [0,1].
 """
 
@@ -145,13 +145,20 @@ class _Bottleneck(nn.Module):
 
 
 class _UpStage(nn.Module):
-    """x2 upsampling by pixel shuffle, then fuse with the encoder skip of that resolution."""
+    """x2 upsampling (pixel shuffle as pytorch-saliency, or bilinear + conv, which has no checkerboard
+    artefacts), then fuse with the encoder skip of that resolution."""
 
-    def __init__(self, cin: int, cskip: int, cout: int) -> None:
+    def __init__(self, cin: int, cskip: int, cout: int, mode: str = "pixel_shuffle") -> None:
         super().__init__()
-        self.up = nn.Sequential(
-            nn.Conv2d(cin, 4 * cout, 3, padding=1, bias=False), nn.BatchNorm2d(4 * cout), nn.ReLU(), nn.PixelShuffle(2)
-        )
+        if mode == "pixel_shuffle":
+            self.up = nn.Sequential(
+                nn.Conv2d(cin, 4 * cout, 3, padding=1, bias=False), nn.BatchNorm2d(4 * cout), nn.ReLU(), nn.PixelShuffle(2)
+            )
+        else:
+            self.up = nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+            )
         self.fuse = _Bottleneck(cout + cskip, cout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -161,7 +168,10 @@ class _UpStage(nn.Module):
 class MaskingModel(nn.Module):
     """Encoder + class selector + U-Net upsampler -> mask [N,1,S/4,S/4] for a class per image."""
 
-    def __init__(self, encoder: ClassifierEncoder, num_classes: int, decoder_base: int = 64, mask_eps: float = 1e-8) -> None:
+    def __init__(
+        self, encoder: ClassifierEncoder, num_classes: int, decoder_base: int = 64, mask_eps: float = 1e-8,
+        upsample: str = "pixel_shuffle",
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.num_classes = num_classes
@@ -174,7 +184,7 @@ class MaskingModel(nn.Module):
         stages, cin = [], deep
         for j in reversed(range(n_stages)):  # coarse -> fine; stage j outputs decoder_base * 2^j
             cout = decoder_base * 2**j
-            stages.append(_UpStage(cin, chans[j], cout))
+            stages.append(_UpStage(cin, chans[j], cout, upsample))
             cin = cout
         self.stages = nn.ModuleList(stages)
         self.to_mask = nn.Conv2d(cin, 2, 1)
@@ -236,7 +246,7 @@ def build_masker(classifier: Classifier, cfg: RTSConfig) -> MaskingModel:
     encoder, _ = build_encoder(classifier, cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        masker = MaskingModel(encoder, classifier.num_classes, cfg.decoder_base, cfg.mask_eps)
+        masker = MaskingModel(encoder, classifier.num_classes, cfg.decoder_base, cfg.mask_eps, cfg.upsample)
     return masker.to(classifier.mean.device)
 
 

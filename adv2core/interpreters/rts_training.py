@@ -2,7 +2,8 @@
 
 Phase 1 trains the class selector only: cross-entropy of the "exists" logits against "is the selected
 class the true label" (fake labels with probability ``phase1_fake_prob``). Phase 2 trains the decoder
-(encoder frozen; selector frozen too, as pytorch-saliency's ``get_trainable_parameters``) with
+(encoder frozen; the selector too unless ``phase2_train_selector``: pytorch-saliency's
+``get_trainable_parameters`` excludes it, the spec's prose includes it) with
 
     destroyer + 8 * area + 0.005 * smoothness + 0.3 * preserver                (paper weights)
 
@@ -24,6 +25,7 @@ labels are used: the ground-truth object masks are never seen in training (they 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from pathlib import Path
@@ -88,6 +90,18 @@ def apply_mask(x: torch.Tensor, keep: torch.Tensor, x_blur: torch.Tensor, cfg: R
     return x.detach() * keep + alt.detach() * (1.0 - keep)
 
 
+def _autocast(mode: str, device: torch.device):
+    """bfloat16 autocast for the black-box passes of training (see ``RTSConfig.black_box_autocast``)."""
+    if mode == "auto":
+        if device.type == "cuda":
+            mode = "bf16"
+        else:
+            mode = "bf16" if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "off"
+    if mode == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def saliency_loss(
     classifier: Classifier, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, is_real: torch.Tensor,
     cfg: RTSConfig, gen: torch.Generator,
@@ -98,7 +112,9 @@ def saliency_loss(
     x_blur = gaussian_blur(x, cfg.alt_blur_kernel, cfg.alt_blur_sigma) if cfg.alt_blur_prob > 0 else x
     destroyed = apply_mask(x, 1.0 - big, x_blur, cfg, gen)
     preserved = apply_mask(x, big, x_blur, cfg, gen)
-    logits_d, logits_p = classifier(fast_layout(torch.cat([destroyed, preserved]))).chunk(2)
+    with _autocast(cfg.black_box_autocast, x.device):
+        logits = classifier(fast_layout(torch.cat([destroyed, preserved])))
+    logits_d, logits_p = logits.float().chunk(2)
     terms = {
         "destroyer": cw_loss(logits_d, y, ~is_real, 1.0, cfg.destroyer_confidence),
         "preserver": cw_loss(logits_p, y, is_real, cfg.preserver_confidence, 1.0),
