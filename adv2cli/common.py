@@ -44,7 +44,8 @@ def user_errors(fn: Callable) -> Callable:
         except ValidationError as exc:
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first.get("loc", ()))
-            typer.echo(f"error: invalid config {loc}: {first.get('msg')}", err=True)
+            where = f" {loc}" if loc else ""
+            typer.echo(f"error: invalid config{where}: {first.get('msg')}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper

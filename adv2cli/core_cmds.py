@@ -78,6 +78,7 @@ def register(app: typer.Typer) -> None:
         images: int = typer.Option(8, min=1, help="Number of test images."),
         out: Path = typer.Option(Path("data/demo/explain.png"), help="PNG grid to write."),
         score: bool = typer.Option(False, help="Also print the localisation score (top-k IoU with GT masks) per model x interpreter."),
+        score_images: Optional[int] = typer.Option(None, min=1, help="Score the first N test images (default: all)."),
         preset: str = typer.Option("quick", help="Interpreter preset for RTS/MASK settings."),
         device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -85,10 +86,12 @@ def register(app: typer.Typer) -> None:
         """Explain embedded test images with each interpreter and write a PNG grid (with GT masks)."""
         from adv2cli.explain import run_explain
 
-        result = run_explain(model, interpreter, images, out, score=score, preset=preset, device=pick_device(device))
+        result = run_explain(model, interpreter, images, out, score=score, preset=preset, device=pick_device(device),
+                             score_images=score_images)
         if json_out:
             emit_json(result)
         else:
             typer.echo(f"wrote {result['png']}")
             for key, val in result.get("localization", {}).items():
-                typer.echo(f"  localisation IoU {key}: {val['mean']:.3f} [{val['lo']:.3f}, {val['hi']:.3f}]")
+                typer.echo(f"  localisation IoU {key}: {val['mean']:.3f} [{val['lo']:.3f}, {val['hi']:.3f}] "
+                           f"(wrong class {val['wrong_class_mean']:.3f}, n={val['n']})")

@@ -301,12 +301,12 @@ def validate_config(data: Mapping[str, Any]) -> BenchConfig:
         return BenchConfig.model_validate(dict(data))
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "config"
+        loc = ".".join(str(p) for p in err.get("loc", ()))
         msg = err.get("msg", "invalid value")
         msg = msg.removeprefix("Value error, ")
         if err.get("type") == "extra_forbidden":
             msg = "unknown key"
-        raise ConfigError(f"invalid config {loc}: {msg}") from None
+        raise ConfigError(f"invalid config {loc}: {msg}" if loc else f"invalid config: {msg}") from None
 
 
 def preset_path(name: str) -> Path:

@@ -216,6 +216,13 @@ class PrefectEngine:
         return task(*args)
 
 
+def _is_user_error(exc: BaseException) -> bool:
+    """A config, data or checkpoint problem of the user's (not a failed, preempted or transient task)."""
+    from adv2core.errors import CheckpointError, DataError
+
+    return isinstance(exc, (ConfigError, DataError, CheckpointError))
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -257,6 +264,10 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
             if ok:
                 ready.add(prep[fut])
                 devices.add(str(val.get("device")))
+            elif _is_user_error(val):
+                # Refused weights, a missing dataset folder, a bad model name: every shard of the model would
+                # fail the same way, so the run ends here as the user error it is (CLI exit 2).
+                raise val
             else:
                 failures.append({"stage": "prepare", "model": prep[fut], "error": _one_line(val)})
         tracker.start(plan.total_tasks, plan.done_tasks)  # after preparation, so rate and ETA are the shards'

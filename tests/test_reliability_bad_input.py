@@ -260,9 +260,6 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path, loader):
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="flows/benchmark.py orchestrate: a prepare failure that is a user error "
-                                       "(Adv2Error, here CheckpointError) should end the run as a user error "
-                                       "(exit 2), not as failed shard tasks (exit 1)")
 def test_pipeline_refuses_unsafe_weights_with_exit_code_2(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"

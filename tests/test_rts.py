@@ -44,9 +44,12 @@ def resnet(trained_resnet):
 
 # --- geometry ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["trained_resnet", "trained_densenet"])
-def test_shape_range_and_gradient(which, request, test_batch):
+def test_shape_range_and_gradient(which, request, test_batch, trained_resnet):
     model = request.getfixturevalue(which)[0]
-    rts = RTS(model, build_masker(model, _cfg()), confidence=6.0)
+    # densenet-mini's encoder is the trained resnet-mini (the paper's RTS-DenseNet has a ResNet encoder)
+    encoder_model = trained_resnet[0] if which == "trained_densenet" else None
+    rts = RTS(model, build_masker(model, _cfg(), encoder_model), confidence=6.0)
+    assert rts.masker.encoder_pretrained
     x, y = test_batch.images[:4], test_batch.labels[:4]
     m = rts.explain(x, y)
     assert rts.map_size() == 16 and m.shape == (4, 1, 16, 16)
@@ -54,9 +57,10 @@ def test_shape_range_and_gradient(which, request, test_batch):
     xr = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(rts.differentiable_map(xr, y).sum(), xr)
     assert torch.isfinite(g).all() and float(g.abs().sum()) > 0
-    # the embedded encoder is a frozen copy of the classifier: its head gives the classifier's logits
-    torch.testing.assert_close(rts.encoder_logits(x), model(x), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(rts.extra_attack_loss(x, y), F.cross_entropy(model(x), y, reduction="none"), atol=1e-4, rtol=1e-4)
+    # the encoder is a frozen copy of its network: its head gives that network's logits
+    head = encoder_model or model
+    torch.testing.assert_close(rts.encoder_logits(x), head(x), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(rts.extra_attack_loss(x, y), F.cross_entropy(head(x), y, reduction="none"), atol=1e-4, rtol=1e-4)
     assert not any(p.requires_grad for p in rts.masker.parameters())
 
 
@@ -186,3 +190,27 @@ def test_truncated_checkpoint(resnet, tmp_path):
     missing = tmp_path / "missing.pt"
     with pytest.raises(CheckpointError, match="not found"):
         RTS.create(resnet, checkpoint=missing, rts_cfg=_cfg())
+
+
+def test_densenet_encoder_is_resnet_and_needs_its_weights(trained_densenet, trained_resnet, tmp_path):
+    """Without the trained companion the encoder is built untrained, so a checkpoint that lacks the
+    encoder weights is refused rather than silently loaded onto a random encoder."""
+    from adv2core.interpreters.rts_model import companion_encoder
+
+    densenet, resnet = trained_densenet[0], trained_resnet[0]
+    assert companion_encoder("densenet-mini", _cfg()) == "resnet-mini"
+    assert companion_encoder("densenet-mini", _cfg(encoder="own")) is None
+    assert companion_encoder("resnet-mini", _cfg()) is None
+    full = build_masker(densenet, _cfg(), resnet)
+    slim = {k: v for k, v in full.state_dict().items() if not k.startswith("encoder.")}
+    save_checkpoint(tmp_path / "slim.pt", slim, {})
+    with pytest.raises(CheckpointError, match="no encoder"):
+        RTS.create(densenet, checkpoint=tmp_path / "slim.pt", rts_cfg=_cfg())
+    # with the encoder weights in the file, the untrained companion architecture takes them
+    save_checkpoint(tmp_path / "full.pt", full.state_dict(), {})
+    x = torch.rand(2, 3, 64, 64)
+    y = torch.tensor([0, 1])
+    loaded = RTS.create(densenet, checkpoint=tmp_path / "full.pt", rts_cfg=_cfg())
+    assert torch.equal(loaded.explain(x, y), RTS(densenet, full).explain(x, y))
+    # own-encoder masks differ in architecture from the resnet-encoder ones
+    assert build_masker(densenet, _cfg(encoder="own")).encoder.tap_channels != full.encoder.tap_channels

@@ -92,6 +92,12 @@ class RTSConfig(BaseModel):
         description="encoder input: 'classifier' normalisation, 'pm2' = (x-0.5)*4 (pytorch-saliency's "
         "ResNet-50 checkpoint); 'auto' = pm2 for resnet50, classifier otherwise",
     )
+    encoder: Literal["auto", "own", "resnet"] = Field(
+        "auto",
+        description="encoder family: 'own' = a frozen copy of the classifier; 'resnet' = a ResNet of the same "
+        "data (resnet50 for densenet169, resnet-mini for densenet-mini), as the paper's RTS-DenseNet; "
+        "'auto' = resnet for DenseNet classifiers, own otherwise",
+    )
     upsample: Literal["pixel_shuffle", "bilinear"] = Field(
         "pixel_shuffle", description="U-Net x2 upsampling: pytorch-saliency's pixel shuffle, or bilinear + conv"
     )

@@ -25,6 +25,7 @@ from adv2core.interpreters.config import RTSConfig, default_preset, load_interpr
 from adv2core.interpreters.rts_model import MAP_STRIDE, MaskingModel, build_masker, load_masker_state
 from adv2core.models.checkpoint import load_state_dict_file
 from adv2core.models.classifier import Classifier
+from adv2core.models.classifier import Classifier
 
 
 class RTS(Interpreter):
@@ -52,6 +53,7 @@ class RTS(Interpreter):
         preset: str | None = None,
         cfg: RTSConfig | None = None,
         progress: bool = False,
+        encoder_model: Classifier | None = None,
     ) -> "RTS":
         """Load (or train) the masking model for ``model``.
 
@@ -59,6 +61,8 @@ class RTS(Interpreter):
         absent, then the encoder built from the classifier is kept). Otherwise embedded classifiers use
         the ``train_rts`` cache for (``data_cfg``, ``rts_cfg``); ``rts_cfg`` defaults to the model's
         preset (``quick`` for embedded models, ``paper`` otherwise); ``cfg`` is an alias.
+        ``encoder_model``: the trained companion encoder of ``densenet-mini`` (default: the cached
+        ``resnet-mini`` of ``data_cfg``, see :mod:`adv2core.interpreters.rts_model`).
         """
         rts_cfg = rts_cfg if rts_cfg is not None else cfg
         if rts_cfg is None:
@@ -66,7 +70,7 @@ class RTS(Interpreter):
         assert rts_cfg is not None
         conf = rts_cfg.model_confidence if confidence is None else confidence
         if checkpoint is not None:
-            masker = build_masker(model, rts_cfg)
+            masker = build_masker(model, rts_cfg, encoder_model)
             load_masker_state(masker, load_state_dict_file(Path(checkpoint)), str(checkpoint))
             return cls(model, masker, confidence=conf)
         if not model.name.endswith("-mini"):
@@ -74,13 +78,20 @@ class RTS(Interpreter):
                 f"RTS for {model.name} needs a masking-model checkpoint (checkpoint=PATH); only the embedded "
                 "models are trained locally"
             )
-        from adv2core.interpreters.rts_training import load_cached_masker, rts_checkpoint_path, train_rts
+        from adv2core.interpreters.rts_training import (
+            load_cached_masker,
+            resolve_encoder_model,
+            rts_checkpoint_path,
+            train_rts,
+        )
 
-        path = rts_checkpoint_path(model.name, model, data_cfg, rts_cfg)
+        if encoder_model is None:
+            encoder_model = resolve_encoder_model(model.name, model, data_cfg, rts_cfg, train_if_missing=train_if_missing)
+        path = rts_checkpoint_path(model.name, model, data_cfg, rts_cfg, encoder_model)
         if path.is_file():
-            masker, _ = load_cached_masker(path, model, rts_cfg)
+            masker, _ = load_cached_masker(path, model, rts_cfg, encoder_model)
         elif train_if_missing:
-            masker, _ = train_rts(model.name, model, data_cfg, rts_cfg, progress=progress)
+            masker, _ = train_rts(model.name, model, data_cfg, rts_cfg, progress=progress, encoder_model=encoder_model)
         else:
             raise CheckpointError(
                 f"no trained RTS masking model for {model.name} (expected {path}); run `adv2 train-rts --model {model.name}`"

@@ -29,13 +29,14 @@ import contextlib
 import hashlib
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from adv2core.interpreters.config import RTSConfig
+from adv2core.interpreters.localization import localization_report, wrong_classes  # noqa: F401 (re-export)
 from adv2core.interpreters.mask import fast_layout, gaussian_blur
 from adv2core.interpreters.rts_model import MaskingModel, build_masker, load_masker_state
 from adv2core.models.checkpoint import load_checkpoint, save_checkpoint, stable_hash
@@ -338,18 +339,39 @@ def _data_cfg(data_cfg: Any | None):
     return data_cfg if data_cfg is not None else EmbeddedDataConfig()
 
 
-def rts_checkpoint_path(classifier_name: str, classifier: Classifier, data_cfg: Any | None, rts_cfg: RTSConfig) -> Path:
-    """``checkpoints/rts-<classifier>-<key>.pt`` keyed by (classifier weights, dataset content, recipe)."""
+def rts_checkpoint_path(
+    classifier_name: str, classifier: Classifier, data_cfg: Any | None, rts_cfg: RTSConfig,
+    encoder_model: Classifier | None = None,
+) -> Path:
+    """``checkpoints/rts-<classifier>-<key>.pt`` keyed by (classifier weights, encoder weights when the
+    encoder is a companion model, dataset content, recipe)."""
     from adv2core.data.synthetic import prepare_embedded
 
     _, manifest = prepare_embedded(_data_cfg(data_cfg))
-    key = stable_hash("rts", classifier_name, classifier_fingerprint(classifier), manifest["content_sha256"], rts_cfg.training_key())
-    return cache_dir("checkpoints") / f"rts-{classifier_name}-{key}.pt"
+    parts = ["rts", classifier_name, classifier_fingerprint(classifier), manifest["content_sha256"], rts_cfg.training_key()]
+    if encoder_model is not None:
+        parts.append(classifier_fingerprint(encoder_model))
+    return cache_dir("checkpoints") / f"rts-{classifier_name}-{stable_hash(*parts)}.pt"
 
 
-def load_cached_masker(path: Path, classifier: Classifier, rts_cfg: RTSConfig) -> tuple[MaskingModel, dict]:
+def resolve_encoder_model(
+    classifier_name: str, classifier: Classifier, data_cfg: Any | None, rts_cfg: RTSConfig, *, train_if_missing: bool
+) -> Classifier | None:
+    """The trained companion encoder of an embedded DenseNet (same data, default recipe), else None."""
+    from adv2core.interpreters.rts_model import companion_encoder
+    from adv2core.models.registry import load_model
+
+    companion = companion_encoder(classifier_name, rts_cfg)
+    if companion is None:
+        return None
+    return load_model(companion, data_cfg=_data_cfg(data_cfg), device=classifier.mean.device, train_if_missing=train_if_missing)
+
+
+def load_cached_masker(
+    path: Path, classifier: Classifier, rts_cfg: RTSConfig, encoder_model: Classifier | None = None
+) -> tuple[MaskingModel, dict]:
     state, meta = load_checkpoint(path)
-    masker = build_masker(classifier, rts_cfg)
+    masker = build_masker(classifier, rts_cfg, encoder_model)
     load_masker_state(masker, state, str(path))
     return masker.eval().requires_grad_(False), meta
 
@@ -362,12 +384,14 @@ def train_rts(
     progress: bool = True,
     *,
     force: bool = False,
+    encoder_model: Classifier | None = None,
 ) -> tuple[MaskingModel, dict[str, Any]]:
     """Train (or reuse the cached) masking model for an embedded classifier; returns (masker, metrics).
 
-    Metrics include the training time and the localisation score on the embedded test split
-    (``loc_iou_true`` / ``loc_iou_wrong``: mean top-k IoU with the GT object for the true class and for a
-    random wrong class, confidence = ``rts_cfg.model_confidence``).
+    ``encoder_model``: the companion encoder of a DenseNet (default: the cached embedded one for this
+    data, trained first if missing). Metrics include the training time and the localisation score on the
+    embedded test split (``loc_iou_true`` / ``loc_iou_wrong``: mean top-k IoU with the GT object for the
+    true class and for a random wrong class, confidence = ``rts_cfg.model_confidence``).
     """
     from adv2core.data.synthetic import EmbeddedDataset
     from adv2core.interpreters.config import load_interpreter_config
@@ -376,12 +400,14 @@ def train_rts(
     if rts_cfg is None:
         rts_cfg = load_interpreter_config("quick")["rts"]  # type: ignore[assignment]
     assert rts_cfg is not None
-    path = rts_checkpoint_path(classifier_name, classifier, data_cfg, rts_cfg)
+    if encoder_model is None:
+        encoder_model = resolve_encoder_model(classifier_name, classifier, data_cfg, rts_cfg, train_if_missing=True)
+    path = rts_checkpoint_path(classifier_name, classifier, data_cfg, rts_cfg, encoder_model)
     if path.is_file() and not force:
-        masker, meta = load_cached_masker(path, classifier, rts_cfg)
+        masker, meta = load_cached_masker(path, classifier, rts_cfg, encoder_model)
         return masker, {**meta.get("metrics", {}), "cached": True, "checkpoint": str(path)}
     images, labels, _ = EmbeddedDataset("train", data_cfg).tensors()
-    masker = build_masker(classifier, rts_cfg)
+    masker = build_masker(classifier, rts_cfg, encoder_model)
     metrics = fit_rts(masker, classifier, images, labels, rts_cfg, progress=progress)
     masker.eval().requires_grad_(False)
 
@@ -393,53 +419,11 @@ def train_rts(
     meta = {
         "classifier": classifier_name,
         "classifier_fingerprint": classifier_fingerprint(classifier),
+        "encoder": encoder_model.name if encoder_model is not None else classifier_name,
+        "encoder_fingerprint": classifier_fingerprint(encoder_model) if encoder_model is not None else None,
         "rts_config": rts_cfg.model_dump(),
         "data_config": data_cfg.model_dump(),
         "metrics": metrics,
     }
     save_checkpoint(path, masker.state_dict(), meta)
-    return masker, {**metrics, "cached": False, "checkpoint": str(path)}
-
-
-# ------------------------------------------------------------------------------------------------
-# Localisation score (any interpreter)
-# ------------------------------------------------------------------------------------------------
-def wrong_classes(labels: torch.Tensor, num_classes: int, seed: int = 0) -> torch.Tensor:
-    """A uniformly random class other than the label, per sample (seeded, CPU generator)."""
-    gen = torch.Generator().manual_seed(seed)
-    shift = torch.randint(1, num_classes, (len(labels),), generator=gen).to(labels.device)
-    return (labels + shift) % num_classes
-
-
-@torch.no_grad()
-def localization_report(
-    interpreter,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    gt_masks: torch.Tensor,
-    *,
-    ids: Sequence[str] | None = None,
-    batch_size: int = 128,
-    seed: int = 0,
-    wrong: bool = True,
-) -> dict[str, Any]:
-    """Mean top-k IoU (k = object area, :func:`adv2core.metrics.localization_iou`) of the interpreter's
-    maps with the GT object masks, for the true class and (``wrong``) for a random wrong class."""
-    from adv2core.metrics import localization_iou
-
-    device = next(interpreter.model.parameters()).device
-    wrong_y = wrong_classes(labels, interpreter.model.num_classes, seed)
-    out: dict[str, list[torch.Tensor]] = {"true": [], "wrong": []}
-    for start in range(0, len(images), batch_size):
-        sl = slice(start, start + batch_size)
-        x, gt = images[sl].to(device), gt_masks[sl].to(device)
-        bid = list(ids[sl]) if ids is not None else [str(i) for i in range(start, start + len(x))]
-        for key, cls in (("true", labels[sl]), ("wrong", wrong_y[sl])) if wrong else (("true", labels[sl]),):
-            maps = interpreter.explain(x, cls.to(device), ids=bid)
-            out[key].append(localization_iou(interpreter.saliency(maps), gt).cpu())
-    res: dict[str, Any] = {"n": len(images)}
-    for key, vals in out.items():
-        if vals:
-            v = torch.cat(vals)
-            res[f"iou_{key}"] = float(v.nanmean())
-    return res
+    return masker, {**metrics, "encoder": meta["encoder"], "cached": False, "checkpoint": str(path)}
