@@ -13,7 +13,7 @@ def _interpreter_opts(name: str, preset: str) -> dict[str, Any]:
 
     cfgs = load_interpreter_config(preset)
     if name == "rts":
-        return {"rts_cfg": cfgs["rts"], "train_if_missing": True}
+        return {"rts_cfg": cfgs["rts"], "train_if_missing": True, "progress": True}
     if name == "mask":
         return {"cfg": cfgs["mask"]}
     return {}
@@ -62,7 +62,8 @@ def run_explain(
         for interp_name in interpreters:
             interp = build_interpreter(interp_name, model, **_interpreter_opts(interp_name, preset))
             b = grid_batch.to(device)
-            columns[f"{model_name}\n{interp_name}"] = interp.explain(b.images, b.labels, ids=b.ids).cpu()
+            # saliency (hot = important) so every column reads alike: MASK's raw map is 1 where it keeps
+            columns[f"{model_name}\n{interp_name}"] = interp.saliency(interp.explain(b.images, b.labels, ids=b.ids)).cpu()
             if score_batch_data is not None:
                 sb = score_batch_data
                 per_image = localization_scores(interp, sb.images, sb.labels, sb.masks, ids=sb.ids,
@@ -74,6 +75,6 @@ def run_explain(
                     "n": int(len(true)),
                 }
     labels = [f"{i} y={int(c)}" for i, c in zip(grid_batch.ids, grid_batch.labels)]
-    png = map_grid(grid_batch.images, columns, out, row_labels=labels, gt_masks=grid_batch.masks, title="maps for the true class")
+    png = map_grid(grid_batch.images, columns, out, row_labels=labels, gt_masks=grid_batch.masks, title="saliency for the true class (hot = important; MASK shown as 1 - mask)")
     result["png"] = str(png)
     return result

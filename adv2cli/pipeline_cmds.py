@@ -8,10 +8,13 @@ or prefect, so they answer in well under a second. ``run`` imports prefect lazil
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import typer
 
@@ -74,6 +77,25 @@ def _print_report(report: dict[str, Any] | None) -> None:
         typer.echo(f"\nreport: {report['report']} (all tables, CSV/LaTeX, plots in {report.get('out_dir')})")
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a batch scheduler's preemption, ``kill``) ends a run like Ctrl-C: the flow's cleanup
+    records the run as ``interrupted`` and stops its private Prefect server. Only SIGKILL leaves a
+    ``running`` row behind (its stored shards are still complete and a rerun resumes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("run")
     @user_errors
@@ -116,7 +138,8 @@ def register(app: typer.Typer) -> None:
                        f"{len(cfg.attacks.names)} attack(s) -> {rc.results_root}", err=True)
         listener = TqdmListener() if progress else None
         try:
-            summary = run_benchmark(rc, engine=engine, progress=listener)
+            with _sigterm_as_interrupt():
+                summary = run_benchmark(rc, engine=engine, progress=listener)
         except BenchmarkFailed as exc:
             summary = exc.summary
             if json_out:
@@ -125,6 +148,11 @@ def register(app: typer.Typer) -> None:
                 _print_report(summary.get("report"))
                 typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
+        except BaseException as exc:  # Ctrl-C, SIGTERM (KeyboardInterrupt or Prefect's TerminationSignal)
+            if isinstance(exc, (Exception, SystemExit)):
+                raise
+            typer.echo("error: interrupted; completed shards are stored, rerun the same command to resume", err=True)
+            raise typer.Exit(130) from None
         if json_out:
             emit_json(summary)
             return

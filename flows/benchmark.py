@@ -343,11 +343,11 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
                                                                "artifacts")}
             except Exception as exc:
                 summary["report_error"] = _one_line(exc)
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
     except Exception as exc:
         summary["error"] = _one_line(exc)
+        raise
+    except BaseException:  # Ctrl-C, SIGTERM (ours or Prefect's TerminationSignal), SystemExit
+        status = "interrupted"
         raise
     finally:
         tracker.close()
