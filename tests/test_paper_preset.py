@@ -54,7 +54,10 @@ def _random_rts_checkpoints(out: Path, rc) -> list[str]:
     cfg = RTSConfig(**rc.interpreter_params["rts"])
     for name in rc.bench.models.names:
         masker = build_masker(load_model(name, weights=None), cfg)
-        state = {k: v for k, v in masker.state_dict().items() if not k.startswith("encoder.")}
+        # like pytorch-saliency's minimal checkpoints, without the encoder where the encoder is pretrained
+        # locally; densenet169's ResNet-50 encoder has no local weights here, so its file carries them
+        state = {k: v for k, v in masker.state_dict().items()
+                 if masker.encoder_pretrained is False or not k.startswith("encoder.")}
         path = out / f"rts-{name}.pth"
         torch.save(state, path)
         sets.append(f"interpreters.checkpoints.rts.{name}={path}")
