@@ -11,11 +11,12 @@ PYTEST_ARGS ?=
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test bench clean-results help
+.PHONY: install demo test test-heavy test-all bench clean-results help
 
 help:
 	@echo "make demo   - install, then run the main benchmark on the embedded default (quick preset)"
-	@echo "make test   - install, then the whole test suite"
+	@echo "make test   - install, then the test suite without the heavy tests (under 10 min on 2 cores)"
+	@echo "make test-heavy - the heavy end-to-end tests (paper preset, Dask clusters, deployment); CI runs them too"
 	@echo "make bench  - speed/memory benchmarks -> BENCHMARKS.md"
 
 $(STAMP): pyproject.toml
@@ -32,7 +33,14 @@ demo: $(STAMP)
 	$(ADV2) explain --images 8 --out data/demo/explain.png
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)
+
+# The heavy tests (marked `heavy`: the paper preset at 224x224, the Dask LocalCluster runs) and the
+# deployment test against a local Prefect server; together about 4 minutes on 2 cores.
+test-heavy: $(STAMP)
+	ADV2_DEPLOY_TEST=1 $(PY) -m pytest -q -m "heavy or deploy" $(PYTEST_ARGS)
+
+test-all: test test-heavy
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --out BENCHMARKS.md

@@ -22,7 +22,8 @@ QUICK = load_preset("quick")
 #: cam 0.396 -> 0.149 (0.25), rts 0.111 -> 0.041 (0.070), mask 0.360 -> 0.207 (0.15, 60-iteration
 #: MASK); ratios ADV^2/PGD 0.41, 0.38, 0.37, 0.58. A fresh clone (freshly trained fixture and RTS model)
 #: measured rts 0.031 -> 0.0195 (ratio 0.63), so the assertion is relative: ADV^2's L1 must be at most
-#: this fraction of PGD's on the same images.
+#: this fraction of PGD's on the same images. With the test's shorter RTS training (200 decoder iterations)
+#: a fresh clone measured rts 0.1185 -> 0.0579 (ratio 0.49).
 MAX_RATIO = {"grad": 0.7, "cam": 0.7, "rts": 0.8, "mask": 0.8}
 MIN_SUCCESS = 0.9
 #: The densenet-mini fixture is trained to chance accuracy (~11 %); its flat logits are harder to move:
@@ -35,7 +36,10 @@ def _interpreter(name, model, small_data_cfg):
         from adv2core.interpreters.config import load_interpreter_config
         from adv2core.interpreters.rts import RTS
 
-        return RTS.create(model, data_cfg=small_data_cfg, rts_cfg=load_interpreter_config("quick")["rts"], train_if_missing=True)
+        # 200 decoder iterations instead of the preset's 500: the test needs a trained, differentiable
+        # masking model to attack, not the localisation quality bar (tests/test_rts.py checks training)
+        cfg = load_interpreter_config("quick")["rts"].model_copy(update={"phase2_iterations": 200, "phase2_lr_step": 140})
+        return RTS.create(model, data_cfg=small_data_cfg, rts_cfg=cfg, train_if_missing=True)
     if name == "mask":
         # 60 solver iterations instead of the interpreter preset's 120 halves the test's cost; at 64x64 the
         # 60-iteration maps are within the jitter noise of the 120-iteration ones (mean L1 0.019 vs 0.016).

@@ -16,7 +16,7 @@ from adv2core.config import load_config
 from adv2core.store import run_sql
 from flows.benchmark import run_benchmark
 
-pytestmark = [pytest.mark.dask, pytest.mark.slow]
+pytestmark = [pytest.mark.dask, pytest.mark.slow, pytest.mark.heavy]
 
 TIMING = {"run_id", "seconds"}  # differ between runs by construction
 

@@ -25,7 +25,7 @@ from adv2core.store.arrays import read_arrays
 from adv2core.store.layout import arrays_path
 from flows.benchmark import run_benchmark
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 N_IMAGES = 1
 NATIVE = {"grad": 56, "cam": 7, "rts": 56, "mask": 28}  # spec section 2 at 224x224
 

@@ -135,6 +135,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(seed, tmp_path):
 
 
 @pytest.mark.dask
+@pytest.mark.heavy
 def test_dask_worker_killed_mid_task_then_rerun_is_exact(tmp_path):
     """SIGKILL one of two Dask worker processes while it runs a shard task: the run completes (Dask
     reschedules) or fails with a clear one-line error; an inline rerun then completes with exact counts."""
