@@ -36,7 +36,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)
 
 # The heavy tests (marked `heavy`: the paper preset at 224x224, the Dask LocalCluster runs) and the
-# deployment test against a local Prefect server; together about 4 minutes on 2 cores.
+# deployment test against a local Prefect server; together about 3 minutes on 2 cores.
 test-heavy: $(STAMP)
 	ADV2_DEPLOY_TEST=1 $(PY) -m pytest -q -m "heavy or deploy" $(PYTEST_ARGS)
 

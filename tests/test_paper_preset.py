@@ -57,7 +57,7 @@ def _random_rts_checkpoints(out: Path, rc) -> list[str]:
         # like pytorch-saliency's minimal checkpoints, without the encoder where the encoder is pretrained
         # locally; densenet169's ResNet-50 encoder has no local weights here, so its file carries them
         state = {k: v for k, v in masker.state_dict().items()
-                 if masker.encoder_pretrained is False or not k.startswith("encoder.")}
+                 if not masker.encoder_pretrained or not k.startswith("encoder.")}
         path = out / f"rts-{name}.pth"
         torch.save(state, path)
         sets.append(f"interpreters.checkpoints.rts.{name}={path}")
