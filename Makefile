@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 help:
 	@echo "make demo   - install, then run the main benchmark on the embedded default (quick preset)"
 	@echo "make test   - install, then the test suite without the heavy tests (under 10 min on 2 cores)"
-	@echo "make test-heavy - the heavy end-to-end tests (paper preset, Dask clusters, deployment); CI runs them too"
+	@echo "make test-heavy - the heavy end-to-end tests (paper preset, Dask clusters, densenet ADV2, deployment); CI runs them too"
 	@echo "make bench  - speed/memory benchmarks -> BENCHMARKS.md"
 
 $(STAMP): pyproject.toml
@@ -35,8 +35,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)
 
-# The heavy tests (marked `heavy`: the paper preset at 224x224, the Dask LocalCluster runs) and the
-# deployment test against a local Prefect server; together about 3 minutes on 2 cores.
+# The heavy tests (marked `heavy`: the paper preset at 224x224, the Dask LocalCluster runs, ADV2 on the
+# densenet-mini fixture) and the deployment test against a local Prefect server; about 4 min on 2 cores.
 test-heavy: $(STAMP)
 	ADV2_DEPLOY_TEST=1 $(PY) -m pytest -q -m "heavy or deploy" $(PYTEST_ARGS)
 

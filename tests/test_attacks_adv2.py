@@ -77,6 +77,7 @@ def test_adv2_fools_the_classifier_and_keeps_the_map(interpreter, trained_resnet
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # trains the densenet-mini fixture (~40 s), which only this test needs
 def test_adv2_cam_on_densenet(trained_densenet, test_batch):
     model = trained_densenet[0]
     interp = default_interpreter("cam", model, QUICK)

@@ -42,12 +42,22 @@ def resnet(trained_resnet):
     return trained_resnet[0]
 
 
+@pytest.fixture(scope="module")
+def densenet():
+    """An untrained (seeded) densenet-mini: these tests need its architecture and its companion-encoder
+    wiring, not its accuracy, so they skip training it (the attack tests train the fixture)."""
+    from adv2core.models.mini import densenet_mini
+
+    torch.manual_seed(0)
+    return densenet_mini(8, 64).eval().requires_grad_(False)
+
+
 # --- geometry ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("which", ["trained_resnet", "trained_densenet"])
-def test_shape_range_and_gradient(which, request, test_batch, trained_resnet):
-    model = request.getfixturevalue(which)[0]
+@pytest.mark.parametrize("which", ["resnet", "densenet"])
+def test_shape_range_and_gradient(which, request, test_batch, resnet):
+    model = request.getfixturevalue(which)
     # densenet-mini's encoder is the trained resnet-mini (the paper's RTS-DenseNet has a ResNet encoder)
-    encoder_model = trained_resnet[0] if which == "trained_densenet" else None
+    encoder_model = resnet if which == "densenet" else None
     rts = RTS(model, build_masker(model, _cfg(), encoder_model), confidence=6.0)
     assert rts.masker.encoder_pretrained
     x, y = test_batch.images[:4], test_batch.labels[:4]
@@ -192,12 +202,11 @@ def test_truncated_checkpoint(resnet, tmp_path):
         RTS.create(resnet, checkpoint=missing, rts_cfg=_cfg())
 
 
-def test_densenet_encoder_is_resnet_and_needs_its_weights(trained_densenet, trained_resnet, tmp_path):
+def test_densenet_encoder_is_resnet_and_needs_its_weights(densenet, resnet, tmp_path):
     """Without the trained companion the encoder is built untrained, so a checkpoint that lacks the
     encoder weights is refused rather than silently loaded onto a random encoder."""
     from adv2core.interpreters.rts_model import companion_encoder
 
-    densenet, resnet = trained_densenet[0], trained_resnet[0]
     assert companion_encoder("densenet-mini", _cfg()) == "resnet-mini"
     assert companion_encoder("densenet-mini", _cfg(encoder="own")) is None
     assert companion_encoder("resnet-mini", _cfg()) is None
