@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from adv2cli.common import emit_json, pick_device, user_errors
@@ -19,13 +21,23 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed (target classes, random inits)."),
         batch_size: int = typer.Option(32, min=1, help="Images per attack call."),
         device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
+        population: str = typer.Option("correct", help="correct: attack only the images the model classifies "
+                                       "correctly (the paper's population); all: every one of the N images."),
+        accuracy_floor: Optional[float] = typer.Option(None, help="Refuse a model below this accuracy on the "
+                                                       "test split (default: gates.accuracy_floor, 0.9 embedded)."),
+        on_degenerate: str = typer.Option("refuse", help="refuse | mark: what to do with degenerate benign maps."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object (success_rate, l1, ... with 95 % intervals)."),
     ) -> None:
         """Attack N embedded test images and print success rate and map metrics (means over successful)."""
         from adv2core.bench.cell import attack_embedded
 
+        from adv2core.gates import GatesConfig
+
+        gates = GatesConfig(on_degenerate=on_degenerate,
+                            **({} if accuracy_floor is None else {"per_model_floor": {model: accuracy_floor}}))
         out = attack_embedded(model, interpreter, attack, images=images, preset=preset, seed=seed,
-                              device=pick_device(device), batch_size=batch_size, train_if_missing=True)
+                              device=pick_device(device), batch_size=batch_size, train_if_missing=True,
+                              population=population, gates=gates)
         if json_out:
             emit_json(out)
             return

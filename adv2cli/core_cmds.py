@@ -38,7 +38,8 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def train(
         model: str = typer.Option(..., help="Embedded model: resnet-mini or densenet-mini."),
-        epochs: Optional[int] = typer.Option(None, help="Override the number of epochs."),
+        epochs: Optional[int] = typer.Option(None, help="Override the number of annealed epochs (after the loss leaves chance level)."),
+        seed: int = typer.Option(0, help="Training seed (part of the checkpoint's cache key)."),
         force: bool = typer.Option(False, help="Retrain even when a cached checkpoint exists."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object (includes test_accuracy)."),
     ) -> None:
@@ -46,7 +47,7 @@ def register(app: typer.Typer) -> None:
         from adv2core.models.registry import train_embedded
         from adv2core.models.training import TrainConfig
 
-        cfg = TrainConfig() if epochs is None else TrainConfig(epochs=epochs)
+        cfg = TrainConfig(seed=seed, **({} if epochs is None else {"epochs": epochs}))
         _, metrics = train_embedded(model, None, cfg, progress=True, force=force)
         out = {"model": model, **metrics}
         if json_out:
@@ -82,13 +83,16 @@ def register(app: typer.Typer) -> None:
                                          "a multiple of 8 is class-balanced; the full set is 800; MASK costs ~1 s/image on 2 CPU cores)."),
         preset: str = typer.Option("quick", help="Interpreter preset for RTS/MASK settings."),
         device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
+        on_degenerate: str = typer.Option("refuse", help="refuse | mark: an interpreter whose benign maps fail "
+                                          "the preflight gate stops the command, or is drawn marked DEGENERATE."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Explain embedded test images with each interpreter and write a PNG grid (with GT masks)."""
+        from adv2core.gates import GatesConfig
         from adv2cli.explain import run_explain
 
         result = run_explain(model, interpreter, images, out, score=score, preset=preset, device=pick_device(device),
-                             score_images=score_images)
+                             score_images=score_images, gates=GatesConfig(on_degenerate=on_degenerate))
         if json_out:
             emit_json(result)
         else:

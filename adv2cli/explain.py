@@ -31,7 +31,7 @@ def train_rts_for(model_name: str, preset: str) -> dict[str, Any]:
 
 def run_explain(
     models: list[str], interpreters: list[str], n_images: int, out: Path, *, score: bool, preset: str, device: str,
-    score_images: int | None = None, score_batch: int = 128,
+    score_images: int | None = None, score_batch: int = 128, gates: Any = None,
 ) -> dict[str, Any]:
     """Maps of the first ``n_images`` test images for every model x interpreter (one PNG grid with the GT
     masks) and, with ``score``, the localisation score over the first ``score_images`` test images (all by
@@ -57,13 +57,22 @@ def run_explain(
     columns: dict[str, torch.Tensor] = {}
     grid_batch = ds.load(list(range(n_images)))
     score_batch_data = ds.load(list(range(n_score))) if score else None
+    from adv2core.gates import GatesConfig, preflight
+
+    gates = gates or GatesConfig()
+    gate_batch = ds.load(list(range(min(len(ds), gates.accuracy_images))))
+    result["gates"] = {}
     for model_name in models:
         model = load_model(model_name, train_if_missing=True, device=device)
-        for interp_name in interpreters:
-            interp = build_interpreter(interp_name, model, **_interpreter_opts(interp_name, preset))
+        interps = {n: build_interpreter(n, model, **_interpreter_opts(n, preset)) for n in interpreters}
+        # refuses a model at chance or (on_degenerate=refuse) an interpreter with degenerate maps
+        gate = preflight(model, model_name, interps, gate_batch, gates, split="embedded test split")
+        result["gates"][model_name] = gate
+        for interp_name, interp in interps.items():
             b = grid_batch.to(device)
             # saliency (hot = important) so every column reads alike: MASK's raw map is 1 where it keeps
-            columns[f"{model_name}\n{interp_name}"] = interp.saliency(interp.explain(b.images, b.labels, ids=b.ids)).cpu()
+            marked = " (DEGENERATE)" if gate["interpreters"][interp_name]["status"] != "ok" else ""
+            columns[f"{model_name}\n{interp_name}{marked}"] = interp.saliency(interp.explain(b.images, b.labels, ids=b.ids)).cpu()
             if score_batch_data is not None:
                 sb = score_batch_data
                 per_image = localization_scores(interp, sb.images, sb.labels, sb.masks, ids=sb.ids,

@@ -176,6 +176,10 @@ def register(app: typer.Typer) -> None:
         t = run_sql(root, RUNS_SQL)
         rows = t.to_pylist()
         if json_out:
+            import json
+
+            for r in rows:  # gate thresholds, accuracy, checkpoint sha256s, localisation: nested JSON
+                r["preflight"] = json.loads(r["preflight"]) if r.get("preflight") else None
             emit_json({"results": str(root), "runs": rows})
             return
         if not rows:
@@ -241,6 +245,6 @@ SELECT r.run_id, r.preset, r.status, r.config_hash, r.git_sha, r.git_dirty, r.de
        round(epoch(r.ended_at) - epoch(r.started_at), 1) AS seconds,
        (SELECT count(*) FROM shards m WHERE m.run_id = r.run_id) AS shards_written,
        (SELECT count(*) FROM samples s WHERE s.config_hash = r.config_hash) AS samples,
-       r.package_versions, r.seed
+       r.package_versions, r.seed, r.preflight
 FROM runs r ORDER BY r.started_at, r.run_id
 """

@@ -26,12 +26,13 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from adv2core.errors import ConfigError
+from adv2core.gates import GatesConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path(os.environ.get("ADV2_CONFIG_DIR", REPO_ROOT / "configs"))
@@ -61,6 +62,9 @@ class DataSection(_Section):
     options: dict[str, Any] = Field(default_factory=dict, description="dataset options; embedded: EmbeddedDataConfig fields")
     num_images: int = Field(32, gt=0, description="attack the first N images of the dataset's stable order")
     shard_size: int = Field(16, gt=0, description="images per shard (the unit of work, resume and retry)")
+    population: Literal["correct", "all"] = Field(
+        "correct", description="correct: attack only the images each model classifies correctly (the paper's "
+                               "population; the others are stored as 'excluded' rows); all: every drawn image")
 
     @field_validator("dataset")
     @classmethod
@@ -157,6 +161,7 @@ class BenchConfig(_Section):
     attacks: AttacksSection = Field(default_factory=AttacksSection)
     cross_eval: CrossEvalSection = Field(default_factory=CrossEvalSection)
     pipeline: PipelineSection = Field(default_factory=PipelineSection)
+    gates: GatesConfig = Field(default_factory=GatesConfig, description="preflight gates (not hashed; recorded per run)")
 
     @model_validator(mode="after")
     def _check_names(self) -> "BenchConfig":
@@ -248,7 +253,7 @@ def hashed_view(bench: BenchConfig, attack_params: Mapping[str, Any], interprete
     """Everything that can change a stored result, and nothing that cannot."""
     from adv2core.store.schemas import SCHEMA_VERSION
 
-    d = bench.model_dump(mode="json", exclude={"preset", "description", "pipeline"})
+    d = bench.model_dump(mode="json", exclude={"preset", "description", "pipeline", "gates"})
     d["attacks"].pop("overrides", None)
     d["attacks"].pop("step_cap", None)
     d["attacks"]["params"] = attack_params

@@ -219,8 +219,9 @@ class PrefectEngine:
 def _is_user_error(exc: BaseException) -> bool:
     """A config, data or checkpoint problem of the user's (not a failed, preempted or transient task)."""
     from adv2core.errors import CheckpointError, DataError
+    from adv2core.gates import GateError
 
-    return isinstance(exc, (ConfigError, DataError, CheckpointError))
+    return isinstance(exc, (ConfigError, DataError, CheckpointError, GateError))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -239,8 +240,9 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
     store = ResultStore(rc.results_root)
     started = datetime.now(timezone.utc)
     run = {**run, "code_version": run.get("code_version") or provenance.code_version()}
+    preflight: dict[str, Any] = {"gates": rc.bench.gates.model_dump(mode="json"), "models": {}}
     row_args = dict(run_id=run["run_id"], config_hash=rc.config_hash, preset=rc.bench.preset,
-                    config_json=rc.canonical_json(), seed=rc.bench.seed, started_at=started)
+                    config_json=rc.canonical_json(), seed=rc.bench.seed, started_at=started, preflight=preflight)
     device = run.get("device") or rc.bench.pipeline.device
     store.write_run(provenance.run_row(**row_args, device=device, status="running"))
     summary: dict[str, Any] = {"run_id": run["run_id"], "config_hash": rc.config_hash, "preset": rc.bench.preset,
@@ -264,12 +266,15 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
             if ok:
                 ready.add(prep[fut])
                 devices.add(str(val.get("device")))
+                preflight["models"][prep[fut]] = val.get("preflight")
             elif _is_user_error(val):
                 # Refused weights, a missing dataset folder, a bad model name: every shard of the model would
                 # fail the same way, so the run ends here as the user error it is (CLI exit 2).
                 raise val
             else:
                 failures.append({"stage": "prepare", "model": prep[fut], "error": _one_line(val)})
+        summary["preflight"] = preflight
+        store.write_run(provenance.run_row(**row_args, device=device, status="running"))
         tracker.start(plan.total_tasks, plan.done_tasks)  # after preparation, so rate and ETA are the shards'
 
         # attack stage, with cross-evaluation submitted as each (model, shard) completes

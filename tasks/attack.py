@@ -35,6 +35,12 @@ def _run_cell_fn():
     return run_cell
 
 
+def select_population(model: Any, batch: Any, population: str):
+    from adv2core.bench.cell import select_population as select
+
+    return select(model, batch, population)
+
+
 def run_attack_shard(payload: dict[str, Any], run: dict[str, Any], model: str, interpreter: str, attack: str,
                      shard: int, force: bool = False) -> dict[str, Any]:
     """Body of the attack task (also called inline by tests and the inline engine).
@@ -68,6 +74,8 @@ def run_attack_shard(payload: dict[str, Any], run: dict[str, Any], model: str, i
     for start in range(0, len(indices), bs):
         deadline.check()
         batch = ds.load(indices[start:start + bs])  # unreadable images -> batch.errors -> 'error' rows
+        batch, excluded = select_population(model_obj, batch, rc.bench.data.population)
+        rows.extend({**r, **base} for r in excluded)
         kw: dict[str, Any] = {"seed": int(rc.bench.seed), "device": device, "model": model_obj,
                               "interpreter": interp_obj}
         if takes_deadline and deadline.at is not None:

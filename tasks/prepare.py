@@ -14,24 +14,34 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from adv2core.config import ResolvedConfig
+from adv2core.models.checkpoint import file_sha256
 from tasks import worker
 from tasks.common import retry_transient
 
-#: Interpreters whose construction may train something (and must therefore happen here first).
-TRAINED_INTERPRETERS = ("rts",)
-
-
 def run_prepare_model(payload: dict[str, Any], model: str) -> dict[str, Any]:
-    """Load (training if needed and allowed) the classifier and the interpreters that need training."""
+    """Load (training if needed and allowed) the classifier and its interpreters, then run the preflight
+    gates (:mod:`adv2core.gates`): a refused model or interpreter raises ``GateError`` (the run stops with
+    one line); with ``gates.on_degenerate=mark`` the report names the cells to mark."""
+    from adv2core.gates import preflight
+
     rc = ResolvedConfig.from_payload(payload)
     worker.setup_worker(rc)
     t0 = time.perf_counter()
     device = worker.resolve_device(rc.bench.pipeline.device)
-    worker.get_model(rc, model, device)
-    for name in rc.bench.interpreters.names:
-        if name in TRAINED_INTERPRETERS:
-            worker.get_interpreter(rc, model, name, device)
-    return {"model": model, "seconds": round(time.perf_counter() - t0, 3), "device": worker.device_label(device)}
+    model_obj = worker.get_model(rc, model, device)
+    interps = worker.get_interpreters(rc, model, rc.bench.interpreters.names, device)
+    ds = worker.get_dataset(rc)
+    batch = ds.load(list(range(min(len(ds), rc.bench.gates.accuracy_images))))
+    d = rc.bench.data
+    report = preflight(model_obj, model, interps, batch, rc.bench.gates, split=f"{d.dataset}/{d.split} split",
+                       seed=int(rc.bench.seed))
+    report["checkpoint_sha256"] = worker.checkpoint_sha256(rc, model)
+    for name, it in interps.items():
+        path = getattr(it, "checkpoint_path", None)
+        if path is not None:
+            report["interpreters"][name]["checkpoint_sha256"] = file_sha256(path)
+    return {"model": model, "seconds": round(time.perf_counter() - t0, 3), "device": worker.device_label(device),
+            "preflight": report}
 
 
 prepare_model = task(

@@ -93,6 +93,7 @@ def run_row(
     started_at: datetime,
     status: str,
     ended_at: datetime | None = None,
+    preflight: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``runs`` table row (see adv2core.store.schemas.RUNS)."""
     sha, dirty = git_state()
@@ -110,4 +111,5 @@ def run_row(
         "ended_at": ended_at,
         "status": status,
         "hostname": hostname(),
+        "preflight": None if preflight is None else json.dumps(preflight, sort_keys=True, allow_nan=False),
     }

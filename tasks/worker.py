@@ -170,6 +170,29 @@ def load_classifier(rc: ResolvedConfig, name: str, device: str, *, allow_train: 
     return load_model(name, weights=_weights_arg(rc, name), device=device)
 
 
+def checkpoint_sha256(rc: ResolvedConfig, name: str) -> str | None:
+    """sha256 of the weights file a model was loaded from (None: random weights)."""
+    from pathlib import Path
+
+    from adv2core.models.checkpoint import file_sha256
+    from adv2core.models.registry import EMBEDDED_MODELS, checkpoint_path
+    from adv2core.models.training import TrainConfig
+
+    if name in EMBEDDED_MODELS:
+        path = checkpoint_path(name, embedded_data_cfg(rc), TrainConfig(**rc.bench.models.train))
+    else:
+        w = _weights_arg(rc, name)
+        if w is None:
+            return None
+        if w == "imagenet":
+            from adv2core.models.registry import weights_file
+
+            path = weights_file(name)
+        else:
+            path = Path(w)
+    return file_sha256(path) if path is not None and Path(path).is_file() else None
+
+
 def model_entry(rc: ResolvedConfig, name: str, device: str) -> dict[str, Any]:
     """The per-thread cache entry of a model: ``{"model": Classifier, "interpreters": {...}}``."""
     cache = _thread_cache()

@@ -38,7 +38,8 @@ def _interpreter(name, model, small_data_cfg):
 
         # 200 decoder iterations instead of the preset's 500: the test needs a trained, differentiable
         # masking model to attack, not the localisation quality bar (tests/test_rts.py checks training)
-        cfg = load_interpreter_config("quick")["rts"].model_copy(update={"phase2_iterations": 200, "phase2_lr_step": 140})
+        cfg = load_interpreter_config("quick")["rts"].model_copy(update={
+            "phase2_iterations": 200, "phase2_lr_step": 140, "quality_min_iou": 0.0, "quality_min_gap": 0.0})
         return RTS.create(model, data_cfg=small_data_cfg, rts_cfg=cfg, train_if_missing=True)
     if name == "mask":
         # 60 solver iterations instead of the interpreter preset's 120 halves the test's cost; at 64x64 the

@@ -84,6 +84,33 @@ def _error_row(image_id: str, error: str, true_class: int | None = None) -> dict
     return row
 
 
+def excluded_row(image_id: str, true_class: int, pred: int) -> dict[str, Any]:
+    """The row of an image left out of the attacked population (misclassified by the model)."""
+    row: dict[str, Any] = {k: None for k in ROW_KEYS}
+    row.update(image_id=image_id, true_class=true_class, benign_pred=pred, status="excluded",
+               error=f"misclassified as {pred}: not attacked (data.population=correct)")
+    return row
+
+
+def select_population(model: Classifier, batch: Batch, population: str) -> tuple[Batch, list[dict[str, Any]]]:
+    """The part of ``batch`` to attack and 'excluded' rows for the rest (spec 5: the paper attacks only
+    images the model classifies correctly). Deterministic: it depends on the model and images alone."""
+    if population == "all" or len(batch) == 0:
+        return batch, []
+    if population != "correct":
+        raise ConfigError(f"unknown data.population {population!r}; use correct or all")
+    from adv2core.gates import predictions
+
+    pred = predictions(model, batch.images)
+    labels = batch.labels.cpu().long()
+    keep = (pred == labels).nonzero().flatten()
+    rows = [excluded_row(i, int(t), int(p)) for i, t, p, ok in
+            zip(batch.ids, labels.tolist(), pred.tolist(), (pred == labels).tolist()) if not ok]
+    kept = batch.select(keep)
+    kept.errors = list(batch.errors)
+    return kept, rows
+
+
 def default_interpreter(
     name: str, model: Classifier, preset: AttacksConfig, *, data_cfg: Any = None, train_if_missing: bool = False
 ) -> Interpreter:
@@ -305,8 +332,14 @@ def attack_embedded(
     data_cfg: Any = None,
     train_cfg: Any = None,
     train_if_missing: bool = False,
+    population: str = "correct",
+    gates: Any = None,
 ) -> dict[str, Any]:
     """Run one cell on the first ``images`` embedded test images and summarise it (``adv2 attack --json``).
+
+    The preflight gates run first (``gates``: a :class:`~adv2core.gates.GatesConfig`, default thresholds):
+    a model below its accuracy floor or a degenerate interpreter raises ``GateError``. With
+    ``population='correct'`` (the paper's) misclassified images are drawn but not attacked.
 
     Returns success_rate (all images) and l1, l2, iou_mean, confidence, loc_iou_adv means over the
     successful images, each with a 95 % interval (Wilson / bootstrap), plus timing and counts.
@@ -329,14 +362,21 @@ def attack_embedded(
     attack_class(attack_name, interpreter_name)
     model = load_model(model_name, data_cfg=data_cfg, train_cfg=train_cfg, device=dev, train_if_missing=train_if_missing)
     interp = default_interpreter(interpreter_name, model, cfg, data_cfg=data_cfg, train_if_missing=train_if_missing)
+    from adv2core.gates import GatesConfig, preflight
+
+    gates = gates or GatesConfig()
+    gate = preflight(model, model_name, {interpreter_name: interp},
+                     ds.load(list(range(min(len(ds), gates.accuracy_images)))), gates, split="embedded test split",
+                     seed=seed)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for start in range(0, images, batch_size):
         batch = ds.load(list(range(start, min(images, start + batch_size))))
-        rows += run_cell(model_name, interpreter_name, attack_name, batch, cfg, seed=seed, device=dev,
-                         model=model, interpreter=interp, data_cfg=data_cfg).rows
+        batch, excluded = select_population(model, batch, population)
+        rows += excluded + run_cell(model_name, interpreter_name, attack_name, batch, cfg, seed=seed, device=dev,
+                                    model=model, interpreter=interp, data_cfg=data_cfg).rows
     seconds = time.perf_counter() - t0
-    ok = [r for r in rows if r["status"] != "error"]
+    ok = [r for r in rows if r["status"] not in ("error", "excluded")]
     succ = np.array([bool(r["success"]) for r in ok], dtype=float)
     metrics = ("l1", "l2", "iou_mean", "confidence", "loc_iou_adv", "loc_iou_benign")
     vals = {k: np.array([np.nan if r[k] is None else r[k] for r in ok], dtype=float) for k in metrics}
@@ -345,7 +385,9 @@ def attack_embedded(
         "model": model_name, "interpreter": interpreter_name, "attack": attack_name, "preset": cfg.name,
         "images": images, "seed": seed, "device": str(dev),
         "n_attacked": s["n_attacked"], "n_success": s["n_success"], "n_failed": sum(r["status"] == "failed" for r in ok),
-        "n_error": len(rows) - len(ok),
+        "n_excluded": sum(r["status"] == "excluded" for r in rows), "population": population,
+        "n_error": sum(r["status"] == "error" for r in rows),
+        "model_accuracy": gate["accuracy"], "gate": gate["interpreters"][interpreter_name]["status"],
         "success_rate": s["success_rate"], "success_rate_lo": s["success_rate_lo"], "success_rate_hi": s["success_rate_hi"],
     }
     for k in metrics:

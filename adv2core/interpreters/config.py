@@ -155,6 +155,11 @@ class RTSConfig(BaseModel):
     crop_min_area: float | None = Field(0.3, gt=0, le=1, description="RandomSizedCrop min area (None: off)")
     seed: int = 0
 
+    # --- quality bar (adv2 train-rts and the pipeline never cache a masking model that misses it) ---
+    quality_min_iou: float = Field(0.45, ge=0, le=1, description="localisation (top-k IoU) for the true class, at least")
+    quality_min_gap: float = Field(0.15, ge=0, le=1, description="true-class minus wrong-class localisation, at least")
+    quality_retries: int = Field(2, ge=0, description="train again with seed+1, seed+2, ... this often, then fail")
+
     @model_validator(mode="after")
     def _check(self) -> "RTSConfig":
         _odd("alt_blur_kernel", self.alt_blur_kernel)

@@ -38,6 +38,7 @@ class RTS(Interpreter):
         device = model.mean.device
         self.masker = masker.to(device).eval().requires_grad_(False)
         self.confidence = float(confidence)
+        self.checkpoint_path: Path | None = None
 
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -72,7 +73,7 @@ class RTS(Interpreter):
         if checkpoint is not None:
             masker = build_masker(model, rts_cfg, encoder_model)
             load_masker_state(masker, load_state_dict_file(Path(checkpoint)), str(checkpoint))
-            return cls(model, masker, confidence=conf)
+            return cls(model, masker, confidence=conf).with_checkpoint(Path(checkpoint))
         if not model.name.endswith("-mini"):
             raise CheckpointError(
                 f"RTS for {model.name} needs a masking-model checkpoint (checkpoint=PATH); only the embedded "
@@ -96,7 +97,12 @@ class RTS(Interpreter):
             raise CheckpointError(
                 f"no trained RTS masking model for {model.name} (expected {path}); run `adv2 train-rts --model {model.name}`"
             )
-        return cls(model, masker, confidence=conf)
+        return cls(model, masker, confidence=conf).with_checkpoint(path)
+
+    def with_checkpoint(self, path: Path) -> "RTS":
+        """Remember which file the masking model came from (its sha256 goes into the ``runs`` row)."""
+        self.checkpoint_path = Path(path)
+        return self
 
     # -- geometry and maps -----------------------------------------------------------------------------
     def map_size(self, input_size: int | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import zipfile
@@ -82,8 +83,21 @@ def save_checkpoint(path: Path, state: dict[str, torch.Tensor], meta: dict[str, 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save({"state_dict": {k: v.detach().cpu() for k, v in state.items()}, "meta": meta}, tmp)
+    # Serialised through a buffer: torch.save names the archive after the file it writes to, so saving to
+    # the temp name directly would make equal weights give different bytes (and sha256) per process.
+    buf = io.BytesIO()
+    torch.save({"state_dict": {k: v.detach().cpu() for k, v in state.items()}, "meta": meta}, buf)
+    tmp.write_bytes(buf.getvalue())
     os.replace(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (checkpoint provenance in the ``runs`` table)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -48,6 +48,12 @@ def checkpoint_path(name: str, data_cfg: Any | None = None, train_cfg: TrainConf
     return cache_dir("checkpoints") / f"{name}-{key}.pt"
 
 
+def weights_file(name: str) -> Path | None:
+    """The local file ``weights: imagenet`` loads for a real model (None when it has none)."""
+    enum = tv._ENUMS.get(name)
+    return tv._hub_file(enum) if enum is not None else None
+
+
 def _finalize(model: Classifier, device: torch.device | str) -> Classifier:
     model.eval().requires_grad_(False)
     return model.to(device)
@@ -73,7 +79,9 @@ def train_embedded(
     torch.manual_seed(train_cfg.seed)
     model = EMBEDDED_MODELS[name](data_cfg.num_classes, data_cfg.image_size)
     metrics = train_classifier(model, train[:2], test[:2], train_cfg, progress=progress)
-    meta = {"name": name, "metrics": metrics, "train_config": train_cfg.model_dump(), "data_config": data_cfg.model_dump()}
+    # timings stay out of the file, so the same training gives byte-identical checkpoints (sha256 in runs)
+    saved = {k: v for k, v in metrics.items() if not k.endswith("seconds")}
+    meta = {"name": name, "metrics": saved, "train_config": train_cfg.model_dump(), "data_config": data_cfg.model_dump()}
     save_checkpoint(path, model.state_dict(), meta)
     return _finalize(model, "cpu"), {**metrics, "cached": False, "checkpoint": str(path)}
 

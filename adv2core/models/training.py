@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -10,22 +11,39 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from adv2core.errors import Adv2Error
 from adv2core.models.classifier import Classifier
 
 
 class TrainConfig(BaseModel):
-    """Hyper-parameters of ``adv2 train`` (part of the checkpoint's cache key)."""
+    """Hyper-parameters of ``adv2 train`` (part of the checkpoint's cache key).
+
+    The schedule is anchored on an event, not on a step count: a warm-up, then a constant learning rate
+    until the training loss leaves the chance-level plateau (running mean below ``plateau_loss``), then a
+    cosine anneal over ``epochs`` epochs. Why: densenet-mini sits at chance (loss ~ ln 8) for a number of
+    steps that depends on floating-point details (seed, thread count, CPU): 150-170 steps here, about 250
+    on another machine. The earlier one-cycle schedule fixed the anneal to step counts, so a late escape
+    got too few high-lr steps and the model stopped at 0.52 accuracy. Changing the learning rate, batch
+    size, width, stem or initialisation did not remove the plateau (docs/training-robustness.md).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    epochs: int = Field(8, gt=0)
+    epochs: int = Field(6, gt=0, description="cosine-annealed epochs after the plateau is left")
     batch_size: int = Field(64, gt=0)
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     hflip: bool = True
     seed: int = 0
+    warmup_steps: int = Field(30, ge=0, description="linear warm-up from lr/10")
+    plateau_loss: float = Field(1.6, gt=0, description="running mean loss (20 steps) that ends the plateau phase")
+    max_plateau_epochs: int = Field(12, gt=0, description="fail (nothing cached) if still at chance after this")
     max_train: int | None = Field(None, gt=0, description="use only the first N training images (tests)")
+
+
+class TrainingStalled(Adv2Error):
+    """The classifier never left the chance-level plateau within ``max_plateau_epochs``."""
 
 
 @torch.no_grad()
@@ -46,7 +64,10 @@ def train_classifier(
     progress: bool = True,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> dict:
-    """SGD + one-cycle cosine schedule; returns ``{test_accuracy, train_seconds, epochs}``."""
+    """SGD (Nesterov) with the plateau-anchored schedule of :class:`TrainConfig`.
+
+    Returns ``{test_accuracy, train_seconds, epochs, plateau_steps, steps}``; raises
+    :class:`TrainingStalled` when the loss never leaves chance level."""
     x_train, y_train = train
     if cfg.max_train is not None:
         x_train, y_train = x_train[: cfg.max_train], y_train[: cfg.max_train]
@@ -54,13 +75,26 @@ def train_classifier(
     torch.manual_seed(cfg.seed)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     steps_per_epoch = (len(x_train) + cfg.batch_size - 1) // cfg.batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
+    anneal_steps = cfg.epochs * steps_per_epoch
+    max_plateau = cfg.max_plateau_epochs * steps_per_epoch
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=f"train {model.name}", disable=not progress, unit="step")
-    for epoch in range(cfg.epochs):
+    bar = tqdm(total=anneal_steps, desc=f"train {model.name}", disable=not progress, unit="step")
+    recent: list[torch.Tensor] = []
+    step, plateau_steps, annealed = 0, None, 0
+    epoch = 0
+    while annealed < anneal_steps:
         model.train()
         perm = torch.randperm(len(x_train), generator=gen)
         for i in range(steps_per_epoch):
+            if plateau_steps is None:
+                if step < cfg.warmup_steps:
+                    lr = cfg.lr * (0.1 + 0.9 * step / cfg.warmup_steps)
+                else:
+                    lr = cfg.lr
+            else:
+                lr = 0.5 * cfg.lr * (1 + math.cos(math.pi * annealed / anneal_steps))
+            for g in opt.param_groups:
+                g["lr"] = lr
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             xb, yb = x_train[idx], y_train[idx]
             if cfg.hflip:
@@ -70,13 +104,31 @@ def train_classifier(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
-            bar.update(1)
+            step += 1
+            if plateau_steps is None:
+                recent = (recent + [loss.detach()])[-20:]
+                if step % 10 == 0 and step >= cfg.warmup_steps and len(recent) == 20:
+                    if float(torch.stack(recent).mean()) < cfg.plateau_loss:
+                        plateau_steps = step
+                        bar.set_description(f"train {model.name} (left chance at step {step})")
+                    elif step >= max_plateau:
+                        bar.close()
+                        raise TrainingStalled(
+                            f"{model.name} stayed at chance level for {step} steps ({cfg.max_plateau_epochs} epochs, "
+                            f"loss {float(torch.stack(recent).mean()):.2f}); nothing was cached. Try another seed "
+                            f"(adv2 train --seed) or raise max_plateau_epochs")
+            else:
+                annealed += 1
+                bar.update(1)
+                if annealed >= anneal_steps:
+                    break
             if i % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         if on_epoch is not None:
             on_epoch(epoch, float(loss.item()))
+        epoch += 1
     bar.close()
     acc = evaluate_accuracy(model, *test)
     model.eval()
-    return {"test_accuracy": acc, "train_seconds": time.perf_counter() - t0, "epochs": cfg.epochs}
+    return {"test_accuracy": acc, "train_seconds": time.perf_counter() - t0, "epochs": cfg.epochs,
+            "plateau_steps": plateau_steps, "steps": step}

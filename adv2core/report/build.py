@@ -16,6 +16,8 @@ from typing import Any, Callable, Sequence
 
 from adv2core.errors import Adv2Error
 from adv2core.report import plots
+from adv2core.report.marks import apply_marks, marks_from_run
+from adv2core.report.population import population_table
 from adv2core.report.tables import (
     ReportTable,
     distance_table,
@@ -37,6 +39,7 @@ TABLE_FILES = {
     "transfer": "table4_transfer",
     "localisation": "table5_localisation",
     "status": "table6_status",
+    "population": "table0_population",
 }
 GRID_IMAGES = 4  # images per sample grid
 
@@ -195,10 +198,11 @@ def build_report(
         run = resolve_run(con, run_id, root)
         rid, chash = str(run["run_id"]), str(run["config_hash"])
         builders = {
-            "success": success_table, "distances": distance_table, "iou": iou_table,
+            "population": population_table, "success": success_table, "distances": distance_table, "iou": iou_table,
             "transfer": transfer_table, "localisation": localisation_table, "status": status_table,
         }
-        tables = {key: fn(con, chash) for key, fn in builders.items()}
+        marks = marks_from_run(run)
+        tables = {key: apply_marks(fn(con, chash), marks) for key, fn in builders.items()}
         if out_dir is None:
             from adv2core.paths import data_root
 

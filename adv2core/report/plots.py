@@ -75,8 +75,10 @@ def iou_curves(records: Sequence[dict[str, Any]], path: Path) -> Path | None:
             ci = interps.index(r["interpreter"])
             ai = attacks.index(r["attack"])
             label = f"{interpreter_name(r['interpreter'])} / {attack_name(r['attack'])}"
-            ax.plot(ks, mean, color=colours(ci % 10), linestyle=_LINESTYLES[ai % len(_LINESTYLES)],
-                    marker=_MARKERS[ai % len(_MARKERS)], markersize=3, label=label)
+            bad = bool(r.get("degenerate"))  # failed its preflight gate: grey, thin, labelled
+            ax.plot(ks, mean, color="0.6" if bad else colours(ci % 10), linestyle=_LINESTYLES[ai % len(_LINESTYLES)],
+                    marker=_MARKERS[ai % len(_MARKERS)], markersize=3, linewidth=0.6 if bad else 1.5,
+                    label=label + (" (degenerate)" if bad else ""))
             ax.fill_between(ks, lo, hi, color=colours(ci % 10), alpha=0.12, linewidth=0)
         ax.set_title(model, fontsize=9)
         ax.set_xlabel("k (% of pixels)")
@@ -119,8 +121,12 @@ def transfer_heatmaps(records: Sequence[dict[str, Any]], out_dir: Path) -> list[
             finite = mat[~np.isnan(mat)]
             top = vmax if vmax is not None else (float(finite.max()) if finite.size else 1.0) or 1.0
             im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, vmin=0.0, vmax=top, aspect="auto")
+            bad = {(rows.index(lab), cols.index(interpreter_name(r["eval_interpreter"])))
+                   for r in recs if r.get("degenerate")
+                   for lab in [f"{attack_name(r['source'])} (ref.)" if r["kind"] == "reference"
+                               else interpreter_name(r["source"])]}
             for (a, b), v in np.ndenumerate(mat):
-                text = "–" if np.isnan(v) else f"{v:.3f}"
+                text = "–" if np.isnan(v) else (f"{v:.3f}\n(degen.)" if (a, b) in bad else f"{v:.3f}")
                 shade = 0.5 if np.isnan(v) else v / top
                 dark = shade > 0.5 if cmap == "viridis_r" else shade < 0.5
                 ax.text(b, a, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
@@ -171,12 +177,17 @@ def success_l1_bars(success_records: Sequence[dict[str, Any]], distance_records:
                     err_lo.append(0.0 if math.isnan(lo) or math.isnan(v) else max(0.0, v - lo))
                     err_hi.append(0.0 if math.isnan(hi) or math.isnan(v) else max(0.0, hi - v))
                 ok = [n for n, v in enumerate(vals) if not math.isnan(v)]  # no bar for a missing cell
-                axes[row][col].bar(off[ok], [vals[n] for n in ok], width,
-                                   yerr=[[err_lo[n] for n in ok], [err_hi[n] for n in ok]], capsize=2,
-                                   color=f"C{ai}", label=attack_name(attack))
+                bars = axes[row][col].bar(off[ok], [vals[n] for n in ok], width,
+                                          yerr=[[err_lo[n] for n in ok], [err_hi[n] for n in ok]], capsize=2,
+                                          color=f"C{ai}", label=attack_name(attack))
+                for bar, n in zip(bars, ok):  # degenerate interpreter: hatched, faded bar (struck out)
+                    if (recs.get((interps[n], attack)) or {}).get("degenerate"):
+                        bar.set_hatch("xxx")
+                        bar.set_alpha(0.35)
         for row, ylabel in enumerate(("success rate (%)", "L1 to benign map")):
             ax = axes[row][col]
-            ax.set_xticks(x, [interpreter_name(i) for i in interps], fontsize=8)
+            ax.set_xticks(x, [interpreter_name(i) + ("\n(degenerate)" if any(
+                (recs.get((i, a)) or {}).get("degenerate") for a in attacks) else "") for i in interps], fontsize=8)
             ax.set_ylabel(ylabel, fontsize=8)
             ax.grid(axis="y", alpha=0.3)
             if row == 0:

@@ -528,8 +528,9 @@ SELECT model, interpreter, attack, count(*) AS n_rows,
   count(*) FILTER (WHERE status = 'ok') AS ok,
   count(*) FILTER (WHERE status = 'failed') AS failed,
   count(*) FILTER (WHERE status = 'error') AS error,
-  count(*) FILTER (WHERE success IS NULL) AS no_success_value,
-  list(error ORDER BY image_id) FILTER (WHERE error IS NOT NULL) AS errors
+  count(*) FILTER (WHERE status = 'excluded') AS excluded,
+  count(*) FILTER (WHERE success IS NULL AND status != 'excluded') AS no_success_value,
+  list(error ORDER BY image_id) FILTER (WHERE error IS NOT NULL AND status != 'excluded') AS errors
 FROM samples
 WHERE config_hash = ?
 GROUP BY model, interpreter, attack
@@ -551,18 +552,20 @@ def status_table(con: Any, config_hash: str) -> ReportTable:
     records = []
     for r in _sorted_cells(_fetch(con, _STATUS_QUERY, [config_hash])):
         rec = {k: r[k] for k in _CELL_KEYS}
-        rec.update({k: int(r[k]) for k in ("n_rows", "ok", "failed", "error", "no_success_value")})
+        rec.update({k: int(r[k]) for k in ("n_rows", "ok", "failed", "error", "excluded", "no_success_value")})
         rec["top_error"] = _top_error(r["errors"])
         records.append(rec)
-    header = ["Model", "Interp.", "Attack", "rows", "ok", "failed", "error", "most frequent error"]
+    header = ["Model", "Interp.", "Attack", "rows", "ok", "failed", "error", "excluded", "most frequent error"]
     rows = [[r["model"], interpreter_name(r["interpreter"]), attack_name(r["attack"]), str(r["n_rows"]),
-             str(r["ok"]), str(r["failed"]), str(r["error"]), r["top_error"] or DASH] for r in records]
+             str(r["ok"]), str(r["failed"]), str(r["error"]), str(r["excluded"]), r["top_error"] or DASH]
+            for r in records]
     return ReportTable(
         key="status",
         title="Row status per cell",
         note="Rows with status != 'ok' are listed here; 'error' rows carry no metrics and are not attacked "
-             "images in the other tables.",
-        columns=_CELL_KEYS + ["n_rows", "ok", "failed", "error", "no_success_value", "top_error"],
+             "images in the other tables; 'excluded' rows are drawn images the model misclassifies "
+             "(data.population=correct: not attacked, see the population table).",
+        columns=_CELL_KEYS + ["n_rows", "ok", "failed", "error", "excluded", "no_success_value", "top_error"],
         records=records,
         blocks=[Block(header, rows)] if records else [],
     )

@@ -10,14 +10,14 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 _META = {b"schema_version": SCHEMA_VERSION.encode()}
 
 # Metric column names for the IoU of the top-k% pixels, k in percent.
 IOU_KS: tuple[int, ...] = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90)
 IOU_COLUMNS: tuple[str, ...] = tuple(f"iou_k{k:02d}" for k in IOU_KS)
 
-SAMPLE_STATUSES = ("ok", "failed", "error")
+SAMPLE_STATUSES = ("ok", "failed", "error", "excluded")
 STAGES = ("attack", "transfer")
 
 UTC_US = pa.timestamp("us", tz="UTC")
@@ -52,6 +52,9 @@ RUNS = _schema(
         _req("results_root", pa.string()),
         _req("schema_version", pa.string()),
         _req("hostname", pa.string()),
+        # JSON: gate thresholds, and per model its accuracy, weights sha256 and each interpreter's gate
+        # report (status ok|degenerate, reason, localisation, masking-model sha256); see adv2core.gates
+        _opt("preflight", pa.string()),
     ]
 )
 

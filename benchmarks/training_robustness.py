@@ -1,0 +1,156 @@
+"""Is the embedded training recipe robust? Train every embedded model for several seeds and torch thread
+counts from an empty data root, then train the RTS masking models for several seeds, and write a report.
+
+Why a script and not a test: it trains 2 x 5 x 2 classifiers and 2 x 3 masking models (about an hour on
+2 CPU cores). Its output goes into ``docs/training-robustness.md``; the bars it checks are the ones the
+pipeline's preflight gates enforce (classifier accuracy >= 0.97 here, the gate's floor is 0.9; RTS
+true-class localisation >= 0.45 and >= wrong class + 0.15).
+
+Each training runs in its own process (``torch.set_num_threads`` before any work, a fresh data root per
+thread count so no checkpoint is reused), so the matrix really exercises both floating-point paths.
+
+    python benchmarks/training_robustness.py --out docs/training-robustness.md
+    python benchmarks/training_robustness.py --seeds 0 --threads 2 --no-rts   # one cell, quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ("resnet-mini", "densenet-mini")
+ACC_BAR = 0.97
+RTS_TRUE_BAR, RTS_GAP_BAR = 0.45, 0.15
+
+_CHILD = r"""
+import json, sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+kind, model, seed = sys.argv[2], sys.argv[3], int(sys.argv[4])
+if kind == "classifier":
+    from adv2core.models.registry import train_embedded
+    from adv2core.models.training import TrainConfig
+    _, m = train_embedded(model, None, TrainConfig(seed=seed), progress=False, force=True)
+    print(json.dumps({"acc": m["test_accuracy"], "seconds": m["train_seconds"]}))
+else:
+    import time
+    from adv2core.interpreters.config import load_interpreter_config
+    from adv2core.interpreters.rts_training import train_rts
+    from adv2core.models.registry import load_model
+    clf = load_model(model, train_if_missing=True)
+    cfg = load_interpreter_config("quick")["rts"].model_copy(update={"seed": seed, "quality_retries": 0,
+                                                                     "quality_min_iou": 0.0, "quality_min_gap": 0.0})
+    t0 = time.perf_counter()
+    _, m = train_rts(model, clf, None, cfg, progress=False, force=True)
+    print(json.dumps({"true": m["loc_iou_true"], "wrong": m["loc_iou_wrong"], "seconds": time.perf_counter() - t0}))
+"""
+
+
+def _child(kind: str, model: str, seed: int, threads: int, data_root: Path) -> dict:
+    env = {**os.environ, "ADV2_DATA": str(data_root), "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(threads), kind, model, str(seed)], env=env,
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--rts-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--no-rts", action="store_true")
+    ap.add_argument("--out", type=Path, default=None, help="Markdown report (default: print only)")
+    args = ap.parse_args()
+
+    t_start = time.perf_counter()
+    rows, rts_rows = [], []
+    roots = {t: Path(tempfile.mkdtemp(prefix=f"adv2-robust-t{t}-")) for t in args.threads}
+    for threads in args.threads:
+        for model in args.models:
+            for seed in args.seeds:
+                r = _child("classifier", model, seed, threads, roots[threads])
+                rows.append({"model": model, "seed": seed, "threads": threads, **r})
+                print(json.dumps(rows[-1]), flush=True)
+    if not args.no_rts:
+        threads = max(args.threads)
+        for model in args.models:
+            for seed in args.rts_seeds:
+                r = _child("rts", model, seed, threads, roots[threads])
+                rts_rows.append({"model": model, "seed": seed, "threads": threads, **r})
+                print(json.dumps(rts_rows[-1]), flush=True)
+
+    ok_acc = all("acc" in r and r["acc"] >= ACC_BAR for r in rows)
+    ok_rts = all("true" in r and r["true"] >= RTS_TRUE_BAR and r["true"] - r["wrong"] >= RTS_GAP_BAR for r in rts_rows)
+    lines = [
+        "# Training robustness of the embedded recipe",
+        "",
+        f"Generated by `python benchmarks/training_robustness.py` on {datetime.now(timezone.utc):%Y-%m-%d} "
+        f"({_cpu()}, {os.cpu_count()} cores, torch {_torch_version()}), every training from an empty data root "
+        f"per thread count; total {time.perf_counter() - t_start:.0f} s. Do not edit by hand.",
+        "",
+        f"## Classifiers (`adv2 train` default recipe): test accuracy, bar >= {ACC_BAR}: "
+        f"**{'PASS' if ok_acc else 'FAIL'}**",
+        "",
+        "| model | torch threads | " + " | ".join(f"seed {s}" for s in args.seeds) + " | min |",
+        "|---|---|" + "---|" * (len(args.seeds) + 1),
+    ]
+    for model in args.models:
+        for threads in args.threads:
+            cells = [r for r in rows if r["model"] == model and r["threads"] == threads]
+            vals = [f"{r['acc']:.4f}" if "acc" in r else f"error: {r['error']}" for r in cells]
+            accs = [r["acc"] for r in cells if "acc" in r]
+            lines.append(f"| {model} | {threads} | " + " | ".join(vals) + f" | {min(accs):.4f} |" if accs else " |")
+    secs = [r["seconds"] for r in rows if "seconds" in r]
+    if secs:
+        lines += ["", f"Training time per model: {min(secs):.0f}-{max(secs):.0f} s."]
+    if rts_rows:
+        lines += [
+            "",
+            f"## RTS masking models (`adv2 train-rts`, quick preset): localisation top-k IoU true / wrong class, "
+            f"bar true >= {RTS_TRUE_BAR} and gap >= {RTS_GAP_BAR}: **{'PASS' if ok_rts else 'FAIL'}**",
+            "",
+            "| model | seed | true class | wrong class | gap | seconds |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in rts_rows:
+            if "true" in r:
+                lines.append(f"| {r['model']} | {r['seed']} | {r['true']:.3f} | {r['wrong']:.3f} | "
+                             f"{r['true'] - r['wrong']:.3f} | {r['seconds']:.0f} |")
+            else:
+                lines.append(f"| {r['model']} | {r['seed']} | error: {r['error']} | | | |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0 if ok_acc and ok_rts else 1
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
