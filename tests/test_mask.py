@@ -104,9 +104,9 @@ def test_jitter_stream_is_per_image_and_deterministic():
 # --- the interpreter ---------------------------------------------------------------------------------
 def test_registry_and_geometry(model):
     interp = build_interpreter("mask", model, cfg=_cfg(iterations=1))
-    assert isinstance(interp, MASK) and interp.iterative and interp.map_size() == 8
+    assert isinstance(interp, MASK) and interp.iterative and interp.map_size() == 32  # quick: 64 / 2
     assert MASK(model, MaskConfig()).map_size(224) == 28
-    maps = torch.rand(2, 1, 8, 8)
+    maps = torch.rand(2, 1, 32, 32)
     assert torch.equal(interp.saliency(maps), 1 - maps)
     with pytest.raises(ConfigError):
         build_interpreter("mask", model, bogus=1)
@@ -117,7 +117,7 @@ def test_batch_equals_single(model, batch):
     x, y, ids = batch.images, batch.labels, batch.ids
     together = interp.explain(x, y, ids=ids)
     alone = torch.cat([interp.explain(x[i : i + 1], y[i : i + 1], ids=[ids[i]]) for i in range(len(ids))])
-    assert together.shape == (4, 1, 8, 8)
+    assert together.shape == (4, 1, 32, 32)
     torch.testing.assert_close(together, alone, atol=1e-4, rtol=0)
     rev = interp.explain(x.flip(0), y.flip(0), ids=ids[::-1])
     torch.testing.assert_close(rev.flip(0), together, atol=1e-4, rtol=0)
@@ -164,7 +164,8 @@ def test_adam_update_rule_matches_torch_in_float32(model, batch):
     cfg = _cfg(iterations=5, jitter=1, upsample_extra=0)
     interp = MASK(model, cfg)
     x, y = batch.images[:2], batch.labels[:2]
-    m = torch.full((2, 1, 8, 8), cfg.init)
+    side = interp.map_size()
+    m = torch.full((2, 1, side, side), cfg.init)
     ea, eas, step = torch.zeros_like(m), torch.zeros_like(m), torch.zeros(2)
     grads = []
     for _ in range(cfg.iterations):
