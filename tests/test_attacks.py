@@ -415,7 +415,7 @@ def test_adv2_mask_mechanics(model, small, code_compatible):
                    inner_unrolled=1, ls_bisections=3, margin_threshold=-0.5, code_compatible=code_compatible)
     res = att(x, t[:3], y=y, ids=ids)
     _check_ball(res.x_adv, x, 0.06)
-    assert res.adv_map is not None and res.adv_map.shape == (3, 1, 8, 8)
+    assert res.adv_map is not None and res.adv_map.shape == (3, 1, mk.map_size(), mk.map_size())
     steps = res.extras["ls_step_trace"]
     assert steps.shape == (4, 3) and float(steps.min()) >= 0 and float(steps.max()) <= att.cfg.ls_max
     if code_compatible:  # one scalar condition for the whole batch
