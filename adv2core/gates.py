@@ -98,7 +98,7 @@ def map_degeneracy(maps: torch.Tensor, cfg: GatesConfig) -> dict[str, Any]:
     flat = maps.detach().flatten(1).float()
     finite = torch.isfinite(flat).all(dim=1)
     rng = torch.where(finite, flat.amax(dim=1) - flat.amin(dim=1), torch.zeros_like(finite, dtype=flat.dtype))
-    stats = torch.stack([(~finite).sum(), (rng < cfg.min_range).sum()]).tolist()  # one host copy
+    stats = torch.stack([(~finite).sum(), ((rng < cfg.min_range) & finite).sum()]).tolist()  # one host copy
     n = max(1, flat.shape[0])
     return {"nonfinite": int(stats[0]), "constant_fraction": stats[1] / n, "n_maps": flat.shape[0]}
 

@@ -18,6 +18,7 @@ from adv2core.errors import Adv2Error
 from adv2core.report import plots
 from adv2core.report.marks import apply_marks, marks_from_run
 from adv2core.report.population import population_table
+from adv2core.report.shape import shape_table
 from adv2core.report.tables import (
     ReportTable,
     distance_table,
@@ -40,6 +41,7 @@ TABLE_FILES = {
     "localisation": "table5_localisation",
     "status": "table6_status",
     "population": "table0_population",
+    "shape": "table7_shape_check",
 }
 GRID_IMAGES = 4  # images per sample grid
 
@@ -202,7 +204,9 @@ def build_report(
             "transfer": transfer_table, "localisation": localisation_table, "status": status_table,
         }
         marks = marks_from_run(run)
-        tables = {key: apply_marks(fn(con, chash), marks) for key, fn in builders.items()}
+        tables = {key: fn(con, chash) for key, fn in builders.items()}
+        tables["shape"] = shape_table(tables["success"], tables["distances"], tables["iou"], tables["localisation"])
+        tables = {key: apply_marks(t, marks) for key, t in tables.items()}
         if out_dir is None:
             from adv2core.paths import data_root
 
@@ -247,7 +251,7 @@ def _plots(con: Any, root: Path, chash: str, out_dir: Path, load_images: LoadIma
 def headline_markdown(result: ReportResult) -> str:
     """Compact Markdown for the end of a run: success/confidence, map distances, L1 transfer matrices."""
     parts = [f"## Run {result.run_id} (config {result.config_hash})", ""]
-    for key in ("success", "distances"):
+    for key in ("population", "success", "distances", "shape"):
         if key in result.tables:
             parts.append(result.tables[key].markdown(level=3))
     transfer = result.tables.get("transfer")
