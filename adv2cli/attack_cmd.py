@@ -1,6 +1,9 @@
-"""``adv2 attack``: one (model, interpreter, attack) cell on the embedded test set."""
+"""``adv2 attack``: one (model, interpreter, attack) cell on the embedded test set (or another dataset)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -11,7 +14,7 @@ def register(app: typer.Typer) -> None:
     @app.command("attack")
     @user_errors
     def attack(
-        model: str = typer.Option("resnet-mini", help="Model name (embedded: resnet-mini, densenet-mini)."),
+        model: str = typer.Option("resnet-mini", help="Model name (`adv2 models` lists them; user models via --config)."),
         interpreter: str = typer.Option("cam", help="grad, cam, rts or mask."),
         attack: str = typer.Option("adv2", help="pgd, adv2, stadv or stadv-adv2."),
         images: int = typer.Option(16, help="Number of embedded test images (the first N)."),
@@ -19,17 +22,34 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed (target classes, random inits)."),
         batch_size: int = typer.Option(32, min=1, help="Images per attack call."),
         device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
+        dataset: Optional[str] = typer.Option(None, help="Dataset (default: the config's data.dataset, else embedded), e.g. imagenet-samples."),
+        config: Optional[Path] = typer.Option(None, "--config", help="Bench config file: its models.custom (user models), "
+                                              "data.dataset and data.options are used."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object (success_rate, l1, ... with 95 % intervals)."),
     ) -> None:
-        """Attack N embedded test images and print success rate and map metrics (means over successful)."""
+        """Attack N test images and print success rate and map metrics (means over successful)."""
         from adv2core.bench.cell import attack_embedded
 
+        custom, data_cfg, options, ds_name = None, None, {}, dataset or "embedded"
+        if config is not None:
+            from adv2core.config import load_config
+
+            bench = load_config(None, config)
+            custom = bench.models.custom
+            ds_name = dataset or bench.data.dataset
+            if ds_name == bench.data.dataset:
+                options = dict(bench.data.options)
+        if ds_name == "embedded" and options:
+            from adv2core.data.synthetic import EmbeddedDataConfig
+
+            data_cfg, options = EmbeddedDataConfig(**options), {}
         out = attack_embedded(model, interpreter, attack, images=images, preset=preset, seed=seed,
-                              device=pick_device(device), batch_size=batch_size, train_if_missing=True)
+                              device=pick_device(device), batch_size=batch_size, train_if_missing=True,
+                              data_cfg=data_cfg, dataset=ds_name, dataset_options=options, custom=custom)
         if json_out:
             emit_json(out)
             return
-        typer.echo(f"{model} / {interpreter} / {attack} ({preset}), {images} images:")
+        typer.echo(f"{model} / {interpreter} / {attack} ({preset}), {images} {ds_name} images:")
         typer.echo(f"  success rate {out['success_rate']:.1%} [{out['success_rate_lo']:.1%}, {out['success_rate_hi']:.1%}]")
         for key in ("confidence", "l1", "l2", "iou_mean", "loc_iou_benign", "loc_iou_adv"):
             if f"{key}_lo" in out and out.get(key) is not None:
