@@ -36,7 +36,7 @@ from adv2core.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path(os.environ.get("ADV2_CONFIG_DIR", REPO_ROOT / "configs"))
 PRESET_DIR = CONFIG_DIR / "presets"
-PRESETS = ("smoke", "quick", "paper", "isic")
+PRESETS = ("smoke", "quick", "paper", "isic", "real")
 
 #: Bump when the meaning of a resolved config changes (new defaults, new hashed keys).
 CONFIG_VERSION = 1
