@@ -89,11 +89,12 @@ class ModelsSection(_Section):
     @field_validator("custom")
     @classmethod
     def _valid_custom(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from adv2core.models.registry import MODEL_NAMES
+        from adv2core.models.registry import model_names
         from adv2core.models.user_models import parse_user_spec
 
+        builtin = model_names()
         for name, raw in v.items():
-            if name in MODEL_NAMES:
+            if name in builtin:
                 raise ValueError(f"custom model {name!r} clashes with a built-in model name")
             parse_user_spec(name, raw)
         return v
@@ -404,9 +405,9 @@ def _check_names(kind: str, names: list[str], known: tuple[str, ...]) -> None:
 
 
 def _model_names() -> tuple[str, ...]:
-    from adv2core.models.registry import MODEL_NAMES
+    from adv2core.models.registry import model_names
 
-    return MODEL_NAMES
+    return model_names()
 
 
 def _interpreter_names() -> tuple[str, ...]:

@@ -31,7 +31,6 @@ from adv2core.models.training import TrainConfig, train_classifier
 from adv2core.paths import cache_dir
 
 
-
 @dataclass(frozen=True)
 class ModelSpec:
     """A model plug-in. ``build(weights)`` returns a :class:`Classifier` (embedded: ``build(K, S)``)."""
@@ -235,4 +234,4 @@ def load_model(
         except RuntimeError as exc:
             raise CheckpointError(f"checkpoint {path} does not fit {name}: {str(exc).splitlines()[0]}") from None
         return _finalize(model, device)
-    return _finalize(REAL_MODELS[name](weights=weights), device)
+    return _finalize(_SPECS[name].build(weights=weights), device)
