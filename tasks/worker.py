@@ -139,6 +139,8 @@ def _model_key(rc: ResolvedConfig, name: str, device: str) -> str:
     extra: Any = None
     if name.endswith("-mini"):
         extra = [embedded_data_cfg(rc).model_dump(), m.train]
+    elif name in m.custom:
+        extra = m.custom[name]
     return canonical_json([name, m.weights_for(name), extra, device, rc.data_root])
 
 
@@ -167,7 +169,7 @@ def load_classifier(rc: ResolvedConfig, name: str, device: str, *, allow_train: 
                 device=device,
                 train_if_missing=train,
             )
-    return load_model(name, weights=_weights_arg(rc, name), device=device)
+    return load_model(name, weights=_weights_arg(rc, name), device=device, custom=rc.bench.models.custom)
 
 
 def checkpoint_sha256(rc: ResolvedConfig, name: str) -> str | None:

@@ -15,6 +15,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = Path(os.environ.get("ADV2_TEST_DATA", REPO / "data" / "test-cache"))
+#: The data root `make` prepared the real photos and SqueezeNet weights under (read before ADV2_DATA is
+#: pointed at the test cache below).
+REAL_DATA = Path(os.environ.get("ADV2_REAL_DATA", os.environ.get("ADV2_DATA", REPO / "data"))).resolve()
 
 
 def pytest_configure(config):
@@ -24,6 +27,20 @@ def pytest_configure(config):
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # OMP_NUM_THREADS=1 (the second CI pass) gives torch a second floating-point path; default: 2 threads
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
+
+
+@pytest.fixture(scope="session")
+def real_data_root() -> Path:
+    """Data root holding ``datasets/imagenet-samples`` and ``weights/squeezenet1_1`` (made by `make`).
+
+    Missing files fail the requesting tests loudly (never a silent skip): `make` prepares them.
+    """
+    manifest = REAL_DATA / "datasets" / "imagenet-samples" / "manifest.json"
+    pkl = REAL_DATA / "weights" / "squeezenet1_1" / "squeezenet_weights.pkl"
+    missing = [str(p) for p in (manifest, pkl) if not p.is_file()]
+    if missing:
+        pytest.fail(f"real data not prepared ({', '.join(missing)} missing): run `make real-data`", pytrace=False)
+    return REAL_DATA
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from adv2cli.main import app
 
 runner = CliRunner()
 
-COMMANDS = [[], ["data"], ["data", "prepare"], ["train"], ["train-rts"], ["explain"], ["attack"],
+COMMANDS = [[], ["data"], ["data", "prepare"], ["data", "prepare-real"], ["models"], ["train"], ["train-rts"], ["explain"], ["attack"],
             ["run"], ["runs"], ["sql"], ["report"]]
 
 

@@ -449,7 +449,7 @@ def test_iter_batches() -> None:
 
 
 def test_registry(class_folders: Path) -> None:
-    assert set(DATASET_NAMES) == {"embedded", "imagenet", "isic", "cifar10"}
+    assert set(DATASET_NAMES) == {"embedded", "imagenet", "isic", "cifar10", "imagenet-samples"}
     with pytest.raises(ConfigError) as e:
         get_dataset("mnist")
     assert all(n in str(e.value) for n in DATASET_NAMES)

@@ -277,11 +277,11 @@ def validate_config(cls: type[M], data: Any = None, /, **overrides: Any) -> M:
 
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "attacks"
-PRESETS = ("quick", "paper")
+PRESETS = ("quick", "paper", "real")
 
 
 def load_preset(preset: str | Path | AttacksConfig | dict | None = "paper") -> AttacksConfig:
-    """A preset by name (``quick``/``paper`` from ``configs/attacks``), a YAML path, a dict or a config."""
+    """A preset by name (``quick``/``paper``/``real`` from ``configs/attacks``), a YAML path, a dict or a config."""
     if preset is None:
         return PAPER
     if isinstance(preset, AttacksConfig):

@@ -332,10 +332,16 @@ def attack_embedded(
     data_cfg: Any = None,
     train_cfg: Any = None,
     train_if_missing: bool = False,
+    dataset: str = "embedded",
+    dataset_options: Mapping[str, Any] | None = None,
+    custom: Mapping[str, Any] | None = None,
     population: str = "correct",
     gates: Any = None,
 ) -> dict[str, Any]:
-    """Run one cell on the first ``images`` embedded test images and summarise it (``adv2 attack --json``).
+    """Run one cell on the first ``images`` test images and summarise it (``adv2 attack --json``).
+
+    ``dataset`` other than ``embedded`` (e.g. ``imagenet-samples``) loads through the dataset registry
+    with ``dataset_options``; ``custom`` holds user-declared models (a config's ``models.custom``).
 
     The preflight gates run first (``gates``: a :class:`~adv2core.gates.GatesConfig`, default thresholds):
     a model below its accuracy floor or a degenerate interpreter raises ``GateError``. With
@@ -356,17 +362,23 @@ def attack_embedded(
     cfg = load_preset(preset)
     dev = torch.device(device)
     data_cfg = data_cfg or EmbeddedDataConfig()
-    ds = EmbeddedDataset("test", data_cfg)
+    if dataset == "embedded":
+        ds = EmbeddedDataset("test", data_cfg)
+    else:
+        from adv2core.data.registry import get_dataset
+
+        ds = get_dataset(dataset, "test", **dict(dataset_options or {}))
     if images > len(ds):
-        raise ConfigError(f"--images {images} exceeds the embedded test set ({len(ds)} images)")
+        raise ConfigError(f"--images {images} exceeds the {dataset} test set ({len(ds)} images)")
     attack_class(attack_name, interpreter_name)
-    model = load_model(model_name, data_cfg=data_cfg, train_cfg=train_cfg, device=dev, train_if_missing=train_if_missing)
+    model = load_model(model_name, data_cfg=data_cfg, train_cfg=train_cfg, device=dev, train_if_missing=train_if_missing,
+                       custom=custom)
     interp = default_interpreter(interpreter_name, model, cfg, data_cfg=data_cfg, train_if_missing=train_if_missing)
     from adv2core.gates import GatesConfig, preflight
 
     gates = gates or GatesConfig()
     gate = preflight(model, model_name, {interpreter_name: interp},
-                     ds.load(list(range(min(len(ds), gates.accuracy_images)))), gates, split="embedded test split",
+                     ds.load(list(range(min(len(ds), gates.accuracy_images)))), gates, split=f"{dataset} test split",
                      seed=seed)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -382,7 +394,7 @@ def attack_embedded(
     vals = {k: np.array([np.nan if r[k] is None else r[k] for r in ok], dtype=float) for k in metrics}
     s = summarize(succ, vals, seed=seed)
     out: dict[str, Any] = {
-        "model": model_name, "interpreter": interpreter_name, "attack": attack_name, "preset": cfg.name,
+        "model": model_name, "interpreter": interpreter_name, "attack": attack_name, "preset": cfg.name, "dataset": dataset,
         "images": images, "seed": seed, "device": str(dev),
         "n_attacked": s["n_attacked"], "n_success": s["n_success"], "n_failed": sum(r["status"] == "failed" for r in ok),
         "n_excluded": sum(r["status"] == "excluded" for r in rows), "population": population,

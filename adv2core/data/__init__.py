@@ -1,6 +1,7 @@
 """Datasets behind one contract (:class:`ImageDataset`): the embedded procedural set and real-data loaders."""
 
 from adv2core.data.folders import CIFAR10Dataset, ImageFolderDataset, ISIC_CLASSES, ISICDataset, decode_rgb
+from adv2core.data.imagenet_samples import ImageNetSamplesDataset, prepare_imagenet_samples
 from adv2core.data.registry import DATASET_NAMES, get_dataset
 from adv2core.data.sharding import iter_batches, shard_bounds, shard_indices
 from adv2core.data.synthetic import (
@@ -26,6 +27,7 @@ __all__ = [
     "ImageDataset",
     "ImageError",
     "ImageFolderDataset",
+    "ImageNetSamplesDataset",
     "SHAPE_NAMES",
     "decode_rgb",
     "embedded_cache_path",
@@ -33,6 +35,7 @@ __all__ = [
     "get_dataset",
     "iter_batches",
     "prepare_embedded",
+    "prepare_imagenet_samples",
     "shard_bounds",
     "shard_indices",
 ]

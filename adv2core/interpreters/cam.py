@@ -1,7 +1,9 @@
 """CAM: class activation map from the classifier weights and the last feature map (spec section 2.2).
 
 CAM_c = sum_k w_{c,k} A_k with the fc weights of class c (no bias, no ReLU, no upsampling), at the last
-feature map's native resolution, then per-image min-max. The logits come from the same forward pass, so
+feature map's native resolution, then per-image min-max. For a fully convolutional classifier with a
+``class_map`` head (SqueezeNet 1.1: conv10 gives one map per class, logits = their mean) CAM_c is the
+class's own map channel (the same formula with w = identity); see :meth:`Classifier.cam`. The logits come from the same forward pass, so
 an attack differentiates through it directly (no surrogate needed). For DenseNet, A is taken after the
 final ReLU (a module in our wrapper).
 """
@@ -41,7 +43,7 @@ class CAM(Interpreter):
     def maps_and_logits(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalised CAM, logits) from one forward pass — what the CAM attack needs per step."""
         fmap, logits = self.model.features(x)
-        cam = cam_from_features(fmap, self.model.cam_weights, target)
+        cam = self.model.cam(fmap, target)
         return minmax_normalize(cam, self.floor), logits
 
     def differentiable_map(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,14 @@
-"""Classifiers: one wrapper (:class:`Classifier`), a registry by name, the surrogate twin."""
+"""Classifiers: one wrapper (:class:`Classifier`), one registry of model plug-ins, the surrogate twin."""
 
-from adv2core.models.classifier import Classifier
-from adv2core.models.registry import EMBEDDED_MODELS, MODEL_NAMES, REAL_MODELS, load_model, train_embedded
-from adv2core.models.surrogate import SmoothReLUMode, SurrogateTwin, smooth_relu
+from adv2core.models.classifier import Classifier, HookedClassifier
+from adv2core.models.registry import (
+    EMBEDDED_MODELS, MODEL_NAMES, REAL_MODELS, ModelSpec, describe_models, load_model, register_model, train_embedded,
+)
+from adv2core.models.surrogate import SmoothReLUMode, SurrogateTwin, smooth_hardtanh, smooth_relu, smooth_relu6
 from adv2core.models.training import TrainConfig
 
 __all__ = [
-    "Classifier", "EMBEDDED_MODELS", "MODEL_NAMES", "REAL_MODELS", "load_model", "train_embedded",
-    "SmoothReLUMode", "SurrogateTwin", "smooth_relu", "TrainConfig",
+    "Classifier", "HookedClassifier", "EMBEDDED_MODELS", "MODEL_NAMES", "REAL_MODELS", "ModelSpec", "describe_models",
+    "load_model", "register_model", "train_embedded",
+    "SmoothReLUMode", "SurrogateTwin", "smooth_hardtanh", "smooth_relu", "smooth_relu6", "TrainConfig",
 ]

@@ -78,6 +78,62 @@ def load_state_dict_file(path: Path) -> dict[str, Any]:
     return obj
 
 
+#: The only globals a pickle of plain numpy arrays needs (numpy 1.x and 2.x module names).
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Resolves numpy's array-reconstruction globals and nothing else (no code can run)."""
+
+    def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
+        if (module, name) not in _NUMPY_GLOBALS:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed (only numpy arrays)")
+        import numpy as np
+
+        if name == "_reconstruct":
+            core = getattr(np, "_core", None) or np.core
+            return core.multiarray._reconstruct
+        return getattr(np, name)
+
+
+def load_numpy_pickle(path: Path) -> Any:
+    """Unpickle a file of numpy arrays in plain containers; anything else is a one-line CheckpointError.
+
+    Only ``numpy.ndarray``/``numpy.dtype`` and numpy's array-reconstruction function may be named by
+    the pickle, so a tampered file (``os.system``, ``builtins.eval`` ...) is refused before anything
+    runs; object arrays (which could smuggle other objects) are refused after loading.
+    """
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        with path.open("rb") as fh:
+            obj = _NumpyOnlyUnpickler(fh).load()
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"refused pickle {path}: {str(exc).splitlines()[0][:160]}") from None
+    except Exception as exc:  # noqa: BLE001 - truncated/corrupt pickles raise assorted types
+        raise CheckpointError(f"unreadable pickle {path}: {type(exc).__name__}: {_reason(exc, 160)}") from None
+
+    def walk(o: Any) -> None:
+        if isinstance(o, np.ndarray):
+            if o.dtype.hasobject:
+                raise CheckpointError(f"refused pickle {path}: it holds an object array")
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                walk(v)
+
+    walk(obj)
+    return obj
+
+
 def save_checkpoint(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write ``{"state_dict", "meta"}`` atomically (temp file + rename) so a crash leaves no half file."""
     path = Path(path)

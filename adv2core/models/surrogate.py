@@ -12,6 +12,17 @@ is reproduced on purpose (no softplus).
 It is implemented as a ``TorchFunctionMode`` rather than by swapping modules, so it catches every ReLU:
 ``nn.ReLU`` modules reused inside a block (torchvision's Bottleneck), in-place ReLUs, and functional
 ``F.relu``/``torch.relu`` calls. The twin shares the model's weights: no copy is made.
+
+The other piecewise-linear members of the ReLU family get the same treatment, forward exact:
+
+* ``hardtanh(z, lo, hi)`` = clamp(z, lo, hi) and ReLU6 = hardtanh(z, 0, 6) (``nn.ReLU6``, ``nn.Hardtanh``
+  and ``F.relu6`` all end in ``F.hardtanh``/``F.relu6``, both caught): surrogate derivative
+  h(z - lo) - h(z - hi), smooth at *both* knees (about 1 inside, about 0 outside). EfficientNet-Lite's
+  activation is ``nn.ReLU6`` (module ``_swish``), i.e. ``F.hardtanh(x, 0., 6.)``.
+* ``leaky_relu(z, a)``: surrogate derivative a + (1 - a) h(z).
+
+``torch.clamp`` is *not* intercepted: the attacks and map normalisation use it on purpose, and no model
+in the registry uses it as an activation (checked for efficientnet-lite-pytorch 0.1.0).
 """
 
 from __future__ import annotations
@@ -48,11 +59,57 @@ def smooth_relu(z: torch.Tensor, tau: float = DEFAULT_TAU) -> torch.Tensor:
     return _SmoothReLU.apply(z, tau)
 
 
+class _SmoothHardtanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, lo: float, hi: float, tau: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(z)
+        ctx.lo, ctx.hi, ctx.tau = lo, hi, tau
+        return z.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        (z,) = ctx.saved_tensors
+        d = smooth_relu_grad(z - ctx.lo, ctx.tau) - smooth_relu_grad(z - ctx.hi, ctx.tau)
+        return grad_out * d, None, None, None
+
+
+class _SmoothLeakyReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, slope: float, tau: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(z)
+        ctx.slope, ctx.tau = slope, tau
+        return F.leaky_relu(z, slope)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        (z,) = ctx.saved_tensors
+        return grad_out * (ctx.slope + (1.0 - ctx.slope) * smooth_relu_grad(z, ctx.tau)), None, None
+
+
+def smooth_hardtanh(z: torch.Tensor, lo: float = -1.0, hi: float = 1.0, tau: float = DEFAULT_TAU) -> torch.Tensor:
+    """Exact hardtanh (clamp) forward; backward h(z - lo) - h(z - hi), smooth at both knees."""
+    return _SmoothHardtanh.apply(z, float(lo), float(hi), tau)
+
+
+def smooth_relu6(z: torch.Tensor, tau: float = DEFAULT_TAU) -> torch.Tensor:
+    """Exact ReLU6 forward, smooth surrogate backward at 0 and at 6."""
+    return smooth_hardtanh(z, 0.0, 6.0, tau)
+
+
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, F.relu_}
+_RELU6_FUNCS = {F.relu6}
+_HARDTANH_FUNCS = {F.hardtanh, F.hardtanh_}
+_LEAKY_FUNCS = {F.leaky_relu, F.leaky_relu_}
+
+
+def _arg(args, kwargs, i: int, key: str, default):
+    return args[i] if len(args) > i else kwargs.get(key, default)
 
 
 class SmoothReLUMode(TorchFunctionMode):
-    """Inside this mode every ReLU call (module or functional, in-place or not) is :func:`smooth_relu`."""
+    """Inside this mode every ReLU-family call (module or functional, in-place or not) has the smooth
+    surrogate backward: ReLU -> :func:`smooth_relu`, ReLU6/hardtanh -> :func:`smooth_hardtanh`,
+    leaky ReLU -> slope + (1 - slope) h."""
 
     def __init__(self, tau: float = DEFAULT_TAU) -> None:
         super().__init__()
@@ -62,6 +119,12 @@ class SmoothReLUMode(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _RELU_FUNCS:
             return smooth_relu(args[0], self.tau)
+        if func in _RELU6_FUNCS:
+            return smooth_relu6(args[0], self.tau)
+        if func in _HARDTANH_FUNCS:
+            return smooth_hardtanh(args[0], _arg(args, kwargs, 1, "min_val", -1.0), _arg(args, kwargs, 2, "max_val", 1.0), self.tau)
+        if func in _LEAKY_FUNCS:
+            return _SmoothLeakyReLU.apply(args[0], float(_arg(args, kwargs, 1, "negative_slope", 0.01)), self.tau)
         return func(*args, **kwargs)
 
 
