@@ -57,16 +57,15 @@ def run_explain(
     columns: dict[str, torch.Tensor] = {}
     grid_batch = ds.load(list(range(n_images)))
     score_batch_data = ds.load(list(range(n_score))) if score else None
-    from adv2core.gates import GatesConfig, preflight
+    from adv2core.gates import GatesConfig, preflight_dataset
 
     gates = gates or GatesConfig()
-    gate_batch = ds.load(list(range(min(len(ds), gates.accuracy_images))))
     result["gates"] = {}
     for model_name in models:
         model = load_model(model_name, train_if_missing=True, device=device)
         interps = {n: build_interpreter(n, model, **_interpreter_opts(n, preset)) for n in interpreters}
         # refuses a model at chance or (on_degenerate=refuse) an interpreter with degenerate maps
-        gate = preflight(model, model_name, interps, gate_batch, gates, split="embedded test split")
+        gate = preflight_dataset(model, model_name, interps, ds, gates, split="embedded test split")
         result["gates"][model_name] = gate
         for interp_name, interp in interps.items():
             b = grid_batch.to(device)

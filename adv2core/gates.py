@@ -78,7 +78,7 @@ def predictions(model: Any, images: torch.Tensor, batch_size: int = 256) -> torc
     return torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.long)
 
 
-def check_model(model: Any, model_name: str, images: torch.Tensor, labels: torch.Tensor, cfg: GatesConfig,
+def check_model(model: Any, model_name: str, images: torch.Tensor | None, labels: torch.Tensor, cfg: GatesConfig,
                 *, split: str = "split", pred: torch.Tensor | None = None) -> dict[str, Any]:
     """Measure accuracy on ``images`` (or from ``pred``, their predictions); raise :class:`GateError`
     below the floor. Returns the report."""
@@ -166,6 +166,39 @@ def preflight(model: Any, model_name: str, interpreters: dict[str, Any], batch: 
     report = check_model(model, model_name, batch.images, batch.labels, cfg, split=split, pred=pred)
     correct = (pred == batch.labels.cpu()).nonzero().flatten()[: cfg.map_images]
     sub = batch.select(correct)
+    report["interpreters"] = {
+        name: check_interpreter(it, model_name, sub.images, sub.labels, sub.masks, cfg, ids=sub.ids, seed=seed)
+        for name, it in interpreters.items()
+    }
+    return report
+
+
+def preflight_dataset(model: Any, model_name: str, interpreters: dict[str, Any], dataset: Any, cfg: GatesConfig, *,
+                      split: str = "split", seed: int = 0, chunk: int = 256) -> dict[str, Any]:
+    """:func:`preflight` over a dataset's first ``accuracy_images`` images, loaded ``chunk`` at a time (a
+    1024-image ImageNet batch would hold 600 MB): only predictions and the first ``map_images`` correctly
+    classified images are kept. Unreadable images are skipped (the attack stage records them)."""
+    from adv2core.data.types import Batch
+
+    n = min(len(dataset), cfg.accuracy_images)
+    preds, labels, kept = [], [], []
+    for start in range(0, n, chunk):
+        b = dataset.load(list(range(start, min(n, start + chunk))))
+        if not len(b):
+            continue
+        p = predictions(model, b.images)
+        preds.append(p)
+        labels.append(b.labels.cpu())
+        have = sum(len(k) for k in kept)
+        if have < cfg.map_images:
+            kept.append(b.select((p == b.labels.cpu()).nonzero().flatten()[: cfg.map_images - have]))
+    if not preds:
+        raise GateError(f"model {model_name}: no readable image in the first {n} of the {split}")
+    pred, lab = torch.cat(preds), torch.cat(labels)
+    report = check_model(model, model_name, None, lab, cfg, split=split, pred=pred)
+    sub = Batch(torch.cat([k.images for k in kept]), torch.cat([k.labels for k in kept]),
+                [i for k in kept for i in k.ids],
+                None if any(k.masks is None for k in kept) else torch.cat([k.masks for k in kept]))
     report["interpreters"] = {
         name: check_interpreter(it, model_name, sub.images, sub.labels, sub.masks, cfg, ids=sub.ids, seed=seed)
         for name, it in interpreters.items()

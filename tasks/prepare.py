@@ -22,7 +22,7 @@ def run_prepare_model(payload: dict[str, Any], model: str) -> dict[str, Any]:
     """Load (training if needed and allowed) the classifier and its interpreters, then run the preflight
     gates (:mod:`adv2core.gates`): a refused model or interpreter raises ``GateError`` (the run stops with
     one line); with ``gates.on_degenerate=mark`` the report names the cells to mark."""
-    from adv2core.gates import preflight
+    from adv2core.gates import preflight_dataset
 
     rc = ResolvedConfig.from_payload(payload)
     worker.setup_worker(rc)
@@ -30,11 +30,9 @@ def run_prepare_model(payload: dict[str, Any], model: str) -> dict[str, Any]:
     device = worker.resolve_device(rc.bench.pipeline.device)
     model_obj = worker.get_model(rc, model, device)
     interps = worker.get_interpreters(rc, model, rc.bench.interpreters.names, device)
-    ds = worker.get_dataset(rc)
-    batch = ds.load(list(range(min(len(ds), rc.bench.gates.accuracy_images))))
     d = rc.bench.data
-    report = preflight(model_obj, model, interps, batch, rc.bench.gates, split=f"{d.dataset}/{d.split} split",
-                       seed=int(rc.bench.seed))
+    report = preflight_dataset(model_obj, model, interps, worker.get_dataset(rc), rc.bench.gates,
+                               split=f"{d.dataset}/{d.split} split", seed=int(rc.bench.seed))
     report["checkpoint_sha256"] = worker.checkpoint_sha256(rc, model)
     for name, it in interps.items():
         path = getattr(it, "checkpoint_path", None)

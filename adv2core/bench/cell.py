@@ -374,12 +374,10 @@ def attack_embedded(
     model = load_model(model_name, data_cfg=data_cfg, train_cfg=train_cfg, device=dev, train_if_missing=train_if_missing,
                        custom=custom)
     interp = default_interpreter(interpreter_name, model, cfg, data_cfg=data_cfg, train_if_missing=train_if_missing)
-    from adv2core.gates import GatesConfig, preflight
+    from adv2core.gates import GatesConfig, preflight_dataset
 
-    gates = gates or GatesConfig()
-    gate = preflight(model, model_name, {interpreter_name: interp},
-                     ds.load(list(range(min(len(ds), gates.accuracy_images)))), gates, split=f"{dataset} test split",
-                     seed=seed)
+    gate = preflight_dataset(model, model_name, {interpreter_name: interp}, ds, gates or GatesConfig(),
+                             split=f"{dataset} test split", seed=seed)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for start in range(0, images, batch_size):
