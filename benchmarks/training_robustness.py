@@ -131,7 +131,8 @@ def _render(args: argparse.Namespace, rows: list[dict], rts_rows: list[dict], se
         f"## Classifiers (`adv2 train` default recipe): test accuracy, bar >= {ACC_BAR}: "
         f"**{'PASS' if ok_acc else 'FAIL'}**",
         "",
-        "Cells: test accuracy (training steps spent at chance level before the anneal started).",
+        "Cells: test accuracy (steps at the constant learning rate before the anneal started: the loss "
+        "sits at chance, then learning, until its running mean is below 0.35).",
         "",
         "| model | torch threads | " + " | ".join(f"seed {s}" for s in args.seeds) + " | min |",
         "|---|---|" + "---|" * (len(args.seeds) + 1),

@@ -114,7 +114,16 @@ def test_real_interpreter_passes_and_preflight_reports(model, gate_batch):
     rep = preflight(model, "resnet-mini", {"cam": CAM(model)}, gate_batch, GatesConfig(map_images=16))
     cam = rep["interpreters"]["cam"]
     assert cam["status"] == "ok" and cam["n_maps"] == 16 and cam["constant_fraction"] == 0
-    assert cam["loc_true"] > cam["loc_wrong"]
+    assert cam["loc_true"] > cam["loc_control"] and cam["control"] == "wrong-class"
+
+
+def test_grad_uses_the_shuffled_mask_control(model, gate_batch):
+    """Grad's maps barely depend on the class (a known property), so its control is another image's mask."""
+    from adv2core.interpreters.grad import Grad
+
+    rep = preflight(model, "resnet-mini", {"grad": Grad(model)}, gate_batch, GatesConfig(map_images=32))
+    g = rep["interpreters"]["grad"]
+    assert g["control"] == "shuffled-mask" and g["status"] == "ok" and g["loc_true"] > g["loc_control"]
 
 
 def test_cli_attack_refuses_a_model_at_chance(tmp_path):

@@ -249,7 +249,8 @@ def test_user_model_from_config_runs_through_adv2_attack(tmp_path, small_data_cf
     assert listed.exit_code == 0, listed.output
     assert any(r["name"] == "my-r18" and r["weights_present"] for r in json.loads(listed.stdout)["models"])
     res = runner.invoke(app, ["attack", "--config", str(cfg), "--model", "my-r18", "--interpreter", "cam",
-                              "--attack", "adv2", "--images", "2", "--preset", "quick", "--device", "cpu", "--json"])
+                              "--attack", "adv2", "--images", "2", "--preset", "quick", "--device", "cpu",
+                              "--accuracy-floor", "0", "--population", "all", "--json"])  # random weights
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["model"] == "my-r18" and out["n_attacked"] == 2 and out["n_error"] == 0

@@ -211,7 +211,8 @@ def test_changed_folder_dataset_recomputes_only_the_shards_that_changed(tmp_path
     rc = _smoke(tmp_path / "res", "data.dataset=imagenet", f"data.path={folder}",
                 "data.options={image_size: 64, num_classes: 8}", f"models.embedded_data={json.dumps(smoke_data)}",
                 "data.num_images=4", "data.shard_size=2", "interpreters.names=[cam]",
-                "attacks.names=[pgd]", "attacks.step_cap=2", "pipeline.report=false")
+                "attacks.names=[pgd]", "attacks.step_cap=2", "pipeline.report=false",
+                "gates.enabled=false", "data.population=all")  # random pixels: accuracy is meaningless
     first = run_benchmark(rc, engine="inline")
     assert first["computed"] == 2 + 2  # 2 attack shards + 2 cross-evaluations
     add("c0/a.png")  # sorts first: shard 0 becomes (a, b), shard 1 (d, e); f drops out of the selection

@@ -48,6 +48,10 @@ class Interpreter(ABC):
     name: ClassVar[str]
     #: True when maps are optimised (MASK) rather than computed in a pass; attacks treat it specially.
     iterative: ClassVar[bool] = False
+    #: False where maps are known to depend little on the explained class (Grad: |d CE / dx| of a
+    #: confident model is dominated by the same object for every class); the preflight gate then checks
+    #: localisation against a shuffled-mask control instead of a wrong-class one (adv2core/gates.py).
+    class_sensitive: ClassVar[bool] = True
 
     def __init__(self, model: Classifier) -> None:
         self.model = model
