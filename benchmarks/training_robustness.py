@@ -122,7 +122,7 @@ def _render(args: argparse.Namespace, rows: list[dict], rts_rows: list[dict], se
            "cells of the matrix were not measured." if partial else ""),
         "",
         f"## Classifiers (`adv2 train` default recipe): test accuracy, bar >= {ACC_BAR}: "
-        f"**{'PASS' if ok_acc else 'FAIL'}**",
+        f"**{'PASS' if ok_acc else 'FAIL'}{' on the measured cells only' if partial else ''}**",
         "",
         "Cells: test accuracy (steps at the constant learning rate before the anneal started: the loss "
         "sits at chance, then learning, until its running mean is below 0.35).",

@@ -148,12 +148,10 @@ def save_checkpoint(path: Path, state: dict[str, torch.Tensor], meta: dict[str, 
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (checkpoint provenance in the ``runs`` table)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """sha256 of a file's bytes (checkpoint provenance in the ``runs`` table): the store's own hasher."""
+    from adv2core.store.writer import sha256_file
+
+    return sha256_file(Path(path))
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
