@@ -172,12 +172,15 @@ def preflight(model: Any, model_name: str, interpreters: dict[str, Any], batch: 
     pred = predictions(model, batch.images)
     report = check_model(model, model_name, batch.images, batch.labels, cfg, split=split, pred=pred)
     correct = (pred == batch.labels.cpu()).nonzero().flatten()[: cfg.map_images]
-    sub = batch.select(correct)
-    report["interpreters"] = {
-        name: check_interpreter(it, model_name, sub.images, sub.labels, sub.masks, cfg, ids=sub.ids, seed=seed)
-        for name, it in interpreters.items()
-    }
+    report["interpreters"] = _interpreter_gates(interpreters, model_name, batch.select(correct), cfg, seed)
     return report
+
+
+def _interpreter_gates(interpreters: dict[str, Any], model_name: str, sub: Any, cfg: GatesConfig,
+                       seed: int) -> dict[str, Any]:
+    """:func:`check_interpreter` of every interpreter on the same correctly classified images."""
+    return {name: check_interpreter(it, model_name, sub.images, sub.labels, sub.masks, cfg, ids=sub.ids, seed=seed)
+            for name, it in interpreters.items()}
 
 
 def preflight_dataset(model: Any, model_name: str, interpreters: dict[str, Any], dataset: Any, cfg: GatesConfig, *,
@@ -206,10 +209,7 @@ def preflight_dataset(model: Any, model_name: str, interpreters: dict[str, Any],
     sub = Batch(torch.cat([k.images for k in kept]), torch.cat([k.labels for k in kept]),
                 [i for k in kept for i in k.ids],
                 None if any(k.masks is None for k in kept) else torch.cat([k.masks for k in kept]))
-    report["interpreters"] = {
-        name: check_interpreter(it, model_name, sub.images, sub.labels, sub.masks, cfg, ids=sub.ids, seed=seed)
-        for name, it in interpreters.items()
-    }
+    report["interpreters"] = _interpreter_gates(interpreters, model_name, sub, cfg, seed)
     return report
 
 
