@@ -72,9 +72,16 @@ def _correctly_classified(model, batch):
     return batch.select(correct)
 
 
+#: The suite's MASK budget: the quick preset's ADV²-MASK (40 outer iterations, 2 + 2 inner steps) costs
+#: about 4x the 20-iteration, 1 + 1 version on 2 cores; the test keeps the cheaper one (L1 ratio measured
+#: 0.58 with it, bar 0.8). The preset's own strength is measured by benchmarks/quick_evidence.py.
+QUICK_TEST = QUICK.model_copy(update={"adv2": QUICK.adv2.model_copy(update={
+    "mask": QUICK.adv2.mask.model_copy(update={"stage2_steps": 20, "inner_plain": 1, "inner_unrolled": 1})})})
+
+
 def _compare(model_name, model, interp, batch):
     pgd = run_cell(model_name, interp.name, "pgd", batch, QUICK, seed=0, device="cpu", model=model, interpreter=interp)
-    adv = run_cell(model_name, interp.name, "adv2", batch, QUICK, seed=0, device="cpu", model=model, interpreter=interp,
+    adv = run_cell(model_name, interp.name, "adv2", batch, QUICK_TEST, seed=0, device="cpu", model=model, interpreter=interp,
                    benign_maps=pgd.benign_maps)
     s_pgd = np.array([r["success"] for r in pgd.rows])
     s_adv = np.array([r["success"] for r in adv.rows])
