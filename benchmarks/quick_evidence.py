@@ -44,6 +44,7 @@ def main() -> int:
     ap.add_argument("--data-root", type=Path, default=None)
     ap.add_argument("--score-images", type=int, default=128)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--note", default=None, help="a line about the conditions (e.g. other jobs on the machine)")
     args = ap.parse_args()
     root = args.data_root or Path(tempfile.mkdtemp(prefix="adv2-evidence-"))
     env = {**os.environ, "ADV2_DATA": str(root), "PYTHONPATH": str(REPO)}
@@ -66,6 +67,7 @@ def main() -> int:
         f"{t_explain:.0f} s; the same run again: {t_rerun:.0f} s (computed {rerun.get('computed')}, "
         f"skipped {rerun.get('skipped')}).",
         f"* Run `{run['run_id']}`, config hash `{run['config_hash']}`.",
+        *([f"* Conditions: {args.note}"] if args.note else []),
         "",
     ]
     for stem in TABLES:
