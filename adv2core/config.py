@@ -127,6 +127,9 @@ class AttacksSection(_Section):
     overrides: dict[str, Any] = Field(default_factory=dict, description="deep-merged into the attack preset")
     step_cap: int | None = Field(None, gt=0, description="cap every loop count the schema marks (adv2core.loops: steps, iterations, periods, inner steps, bisections): tests, smoke runs")
     batch_size: int = Field(32, gt=0, description="images per attack call inside a shard")
+    oom: Literal["retry", "split"] = Field(
+        "retry", description="on out-of-memory in an attack: retry the shard task (Prefect retries), or split the "
+        "batch in halves down to one image; execution only, not hashed")
 
 
 class CrossEvalSection(_Section):
@@ -272,6 +275,7 @@ def hashed_view(bench: BenchConfig, attack_params: Mapping[str, Any], interprete
         d["models"].pop("custom", None)  # keeps the hashes of configs without user models unchanged
     d["attacks"].pop("overrides", None)
     d["attacks"].pop("step_cap", None)
+    d["attacks"].pop("oom", None)  # how a batch is executed, not what it computes
     d["attacks"]["params"] = attack_params
     d["interpreters"].pop("overrides", None)
     d["interpreters"].pop("step_cap", None)
