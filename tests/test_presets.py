@@ -7,6 +7,7 @@ loads every preset and runs ``adv2 --help`` and a capped smoke run with the inst
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -100,9 +101,11 @@ def _clean_env(**extra: str) -> dict[str, str]:
 def installed(tmp_path_factory) -> Path:
     """A fresh venv with the project installed from a wheel (dependencies from this interpreter's env)."""
     tmp = tmp_path_factory.mktemp("install")
-    wheels = tmp / "wheels"
+    src, wheels = tmp / "src", tmp / "wheels"  # built from a copy: no build/ or *.egg-info left in the checkout
+    skip = shutil.ignore_patterns(".git", "build", "*.egg-info", ".venv", "__pycache__", ".pytest_cache")
+    shutil.copytree(REPO, src, ignore=lambda d, names: set(skip(d, names)) | ({"data"} if Path(d) == REPO else set()))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(REPO)], check=True, cwd=tmp, env=_clean_env())
+                    str(src)], check=True, cwd=tmp, env=_clean_env())
     (wheel,) = wheels.glob("adv2_bench-*.whl")
     env_dir = tmp / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
@@ -118,7 +121,7 @@ def installed(tmp_path_factory) -> Path:
     return env_dir
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # ~10 s: wheel build + venv + install
 def test_non_editable_install_finds_every_preset_from_another_folder(installed, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -131,7 +134,7 @@ def test_non_editable_install_finds_every_preset_from_another_folder(installed, 
     assert helped.returncode == 0 and "--preset" in helped.stdout, helped.stderr[-2000:]
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy  # ~10 s with the test model cache warm, minutes when it trains the smoke model first
 def test_non_editable_install_runs_the_smoke_preset_from_another_folder(installed, tmp_path):
     """The smoke preset through the installed `adv2` (inline engine, capped, the shared test model cache)."""
     elsewhere = tmp_path / "elsewhere"
