@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
         interpreter: str = typer.Option("cam", help="grad, cam, rts or mask."),
         attack: str = typer.Option("adv2", help="pgd, adv2, stadv or stadv-adv2."),
         images: int = typer.Option(16, help="Number of embedded test images (the first N)."),
-        preset: str = typer.Option("quick", help="Attack preset: configs/attacks/<preset>.yaml (quick, paper) or a YAML path."),
+        preset: str = typer.Option("quick", help="Attack preset: adv2core/configs/attacks/<preset>.yaml (quick, paper, real) or a YAML path."),
         seed: int = typer.Option(0, help="Seed (target classes, random inits)."),
         batch_size: int = typer.Option(32, min=1, help="Images per attack call."),
         device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),

@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def train_rts(
         model: str = typer.Option(..., help="Classifier whose RTS masking model to train."),
-        preset: str = typer.Option("quick", help="Interpreter preset (configs/interpreters/<preset>.yaml)."),
+        preset: str = typer.Option("quick", help="Interpreter preset (adv2core/configs/interpreters/<preset>.yaml)."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Train (or reuse) the RTS masking model for a classifier."""

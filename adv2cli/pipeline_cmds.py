@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     @user_errors
     def run(
-        preset: str = typer.Option("quick", help="smoke | quick | paper | isic (configs/presets/<name>.yaml)."),
+        preset: str = typer.Option("quick", help="smoke | quick | paper | isic (adv2core/configs/presets/<name>.yaml)."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML merged over the preset (same keys)."),
         set_: list[str] = typer.Option([], "--set", help="Override: key.sub=value (value parsed as YAML); repeatable."),
         results: Optional[Path] = typer.Option(None, help="Results root (default <data root>/results)."),

@@ -9,7 +9,8 @@ hash, so old shards are never reused for a new config; execution settings (worke
 device, results folder, budgets, retries) live in ``pipeline`` and are *not* hashed, so a rerun on
 another machine or with more workers resumes the same shards.
 
-Sources, lowest precedence first: ``configs/presets/<preset>.yaml`` -> ``--config FILE`` (same shape,
+Sources, lowest precedence first: the ``<preset>`` run preset (:mod:`adv2core.presets`: shipped
+``adv2core/configs/presets/<preset>.yaml`` or ``$ADV2_CONFIG_DIR/presets``) -> ``--config FILE`` (same shape,
 deep-merged) -> ``--set key.sub=value`` overrides (values parsed as YAML: ``2``, ``true``, ``null``,
 ``[grad, cam]``).
 
@@ -31,12 +32,10 @@ from typing import Any, Iterable, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from adv2core import presets
 from adv2core.errors import ConfigError
 from adv2core.gates import GatesConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = Path(os.environ.get("ADV2_CONFIG_DIR", REPO_ROOT / "configs"))
-PRESET_DIR = CONFIG_DIR / "presets"
 PRESETS = ("smoke", "quick", "paper", "isic", "real")
 
 #: Bump when the meaning of a resolved config changes (new defaults, new hashed keys).
@@ -45,8 +44,6 @@ CONFIG_VERSION = 1
 KNOWN_DATASETS = ("embedded", "imagenet", "isic", "cifar10", "imagenet-samples")
 #: Attack names the pipeline knows how to schedule (the attacks package may accept a subset).
 KNOWN_ATTACKS = ("pgd", "adv2", "stadv", "stadv-adv2")
-#: Loop counts that ``step_cap`` caps: steps, iterations, periods, inner solver steps, bisections.
-_STEP_KEY = re.compile(r"(^|_)(steps|iters|iterations|every|plain|unrolled|bisections)$")
 
 
 class _Section(BaseModel):
@@ -112,9 +109,9 @@ class InterpretersSection(_Section):
     """Interpreters and their hyper-parameters (hashed after expansion)."""
 
     names: list[str] = Field(default_factory=lambda: ["grad", "cam", "rts", "mask"], min_length=1)
-    preset: str = Field("quick", description="configs/interpreters/<preset>.yaml (RTS/MASK settings)")
+    preset: str = Field("quick", description="adv2core/configs/interpreters/<preset>.yaml (RTS/MASK settings)")
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per interpreter, deep-merged")
-    step_cap: int | None = Field(None, gt=0, description="cap every loop count (*steps, *iterations, *every, inner steps, bisections): tests, smoke runs")
+    step_cap: int | None = Field(None, gt=0, description="cap every loop count the schema marks (adv2core.loops: steps, iterations, periods, inner steps, bisections): tests, smoke runs")
     checkpoints: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description="trained interpreter weights by interpreter then model, e.g. rts: {resnet50: checkpoints/rts-resnet50.pth}"
@@ -126,10 +123,13 @@ class AttacksSection(_Section):
     """Attacks and their hyper-parameters (hashed after expansion)."""
 
     names: list[str] = Field(default_factory=lambda: ["pgd", "adv2"], min_length=1)
-    preset: str = Field("quick", description="configs/attacks/<preset>.yaml")
+    preset: str = Field("quick", description="adv2core/configs/attacks/<preset>.yaml")
     overrides: dict[str, Any] = Field(default_factory=dict, description="deep-merged into the attack preset")
-    step_cap: int | None = Field(None, gt=0, description="cap every loop count (*steps, *iterations, *every, inner steps, bisections): tests, smoke runs")
+    step_cap: int | None = Field(None, gt=0, description="cap every loop count the schema marks (adv2core.loops: steps, iterations, periods, inner steps, bisections): tests, smoke runs")
     batch_size: int = Field(32, gt=0, description="images per attack call inside a shard")
+    oom: Literal["retry", "split"] = Field(
+        "retry", description="on out-of-memory in an attack: retry the shard task (Prefect retries), or split the "
+        "batch in halves down to one image; execution only, not hashed")
 
 
 class CrossEvalSection(_Section):
@@ -275,6 +275,7 @@ def hashed_view(bench: BenchConfig, attack_params: Mapping[str, Any], interprete
         d["models"].pop("custom", None)  # keeps the hashes of configs without user models unchanged
     d["attacks"].pop("overrides", None)
     d["attacks"].pop("step_cap", None)
+    d["attacks"].pop("oom", None)  # how a batch is executed, not what it computes
     d["attacks"]["params"] = attack_params
     d["interpreters"].pop("overrides", None)
     d["interpreters"].pop("step_cap", None)
@@ -305,13 +306,13 @@ def load_config(
     """Preset YAML -> file (deep-merged) -> ``key.sub=value`` overrides -> validated BenchConfig."""
     data: dict[str, Any] = {}
     if preset:
-        data = _read_yaml(preset_path(preset), f"preset {preset!r}")
+        data = presets.load("presets", preset)
         data.setdefault("preset", preset)
     if config_file is not None:
-        extra = _read_yaml(Path(config_file).expanduser(), "config file")
+        extra = presets.read_file(Path(config_file).expanduser(), "config file")
         base = extra.pop("extends", None)
         if base and not preset:
-            data = _read_yaml(preset_path(base), f"preset {base!r}")
+            data = presets.load("presets", base)
             data.setdefault("preset", base)
         data = deep_merge(data, extra)
     for item in overrides:
@@ -333,29 +334,12 @@ def validate_config(data: Mapping[str, Any]) -> BenchConfig:
         raise ConfigError(f"invalid config {loc}: {msg}" if loc else f"invalid config: {msg}") from None
 
 
-def preset_path(name: str) -> Path:
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", name or ""):
-        raise ConfigError(f"invalid preset name {name!r}")
-    p = PRESET_DIR / f"{name}.yaml"
-    if not p.is_file():
-        avail = sorted(q.stem for q in PRESET_DIR.glob("*.yaml")) or list(PRESETS)
-        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(avail)}")
-    return p
-
-
-def _read_yaml(path: Path, what: str) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "syntax error"
-        raise ConfigError(f"{what} {path} is not valid YAML: {first}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path} must be a mapping at the top level")
-    return data
+def preset_path(name: str) -> Any:
+    """Where run preset ``name`` is read from (a Path or an importlib.resources Traversable)."""
+    where = presets.locate("presets", name)
+    if where is None:
+        presets.load("presets", name)  # raises the one-line 'unknown preset ...; choose one of' error
+    return where
 
 
 def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -431,42 +415,24 @@ def _attack_names() -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------------------------- expansion
-def cap_steps(obj: Any, cap: int | None) -> Any:
-    """Copy of a nested config with every loop count (``*steps``, ``*iters``, ``*iterations``, ``*every``,
-    ``inner_plain``/``inner_unrolled``, ``*bisections``; integers or lists of them) capped at ``cap``."""
-    if cap is None:
-        return obj
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            if isinstance(k, str) and _STEP_KEY.search(k):
-                if isinstance(v, bool):
-                    out[k] = v
-                elif isinstance(v, int):
-                    out[k] = min(v, cap)
-                elif isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
-                    out[k] = [min(x, cap) for x in v]
-                else:
-                    out[k] = cap_steps(v, cap)
-            else:
-                out[k] = cap_steps(v, cap)
-        return out
-    if isinstance(obj, list):
-        return [cap_steps(v, cap) for v in obj]
-    return obj
+def cap_steps(obj: Mapping[str, Any], cap: int | None, schema: Any = None) -> dict[str, Any]:
+    """Copy of an expanded config with every loop count capped at ``cap``.
+
+    Loop counts are the fields the schema *marks* (:mod:`adv2core.loops`), never guessed from names.
+    ``schema``: a pydantic model class or ``{section: class}``; default the attacks schema
+    (:class:`~adv2core.attacks.config.AttacksConfig`)."""
+    from adv2core.loops import cap_loops
+
+    if schema is None:
+        from adv2core.attacks.config import AttacksConfig
+
+        schema = AttacksConfig
+    return cap_loops(obj, schema, cap)
 
 
 def _preset_yaml(kind: str, preset: str) -> dict[str, Any]:
-    """Raw ``configs/<kind>/<preset>.yaml`` (empty when the file does not exist yet)."""
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", preset or ""):
-        raise ConfigError(f"invalid {kind} preset name {preset!r}")
-    p = CONFIG_DIR / kind / f"{preset}.yaml"
-    if not p.is_file():
-        avail = sorted(q.stem for q in (CONFIG_DIR / kind).glob("*.yaml"))
-        if avail:
-            raise ConfigError(f"unknown {kind} preset {preset!r}; choose one of: {', '.join(avail)}")
-        return {}
-    return _read_yaml(p, f"{kind} preset {preset!r}")
+    """Raw attack or interpreter preset ``preset`` (one-line ConfigError when unknown)."""
+    return presets.load(kind, preset)
 
 
 def _resolve_attacks(sec: AttacksSection, interpreters: list[str]) -> dict[str, Any]:
@@ -488,7 +454,7 @@ def _validate_params(
     try:
         full = _full_dump(kind, raw)
         if cap is not None:
-            full = _full_dump(kind, cap_steps(full, cap))
+            full = _full_dump(kind, cap_steps(full, cap, _schema(kind)))
         return json.loads(canonical_json(_prune(kind, full, names, interpreters)))
     except ConfigError:
         raise
@@ -499,6 +465,17 @@ def _validate_params(
         raise ConfigError(f"invalid {kind} config {loc}: {msg}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid {kind} config: {str(exc).splitlines()[0]}") from None
+
+
+def _schema(kind: str) -> Any:
+    """The pydantic schema of an expanded ``attacks`` / ``interpreters`` section (what the step cap walks)."""
+    if kind == "attacks":
+        from adv2core.attacks.config import AttacksConfig
+
+        return AttacksConfig
+    from adv2core.interpreters.config import MaskConfig, RTSConfig
+
+    return {"rts": RTSConfig, "mask": MaskConfig}
 
 
 def _full_dump(kind: str, raw: dict[str, Any]) -> dict[str, Any]:

@@ -78,6 +78,8 @@ def run_attack_shard(payload: dict[str, Any], run: dict[str, Any], model: str, i
         rows.extend({**r, **base} for r in excluded)
         kw: dict[str, Any] = {"seed": int(rc.bench.seed), "device": device, "model": model_obj,
                               "interpreter": interp_obj}
+        if "oom" in inspect.signature(run_cell).parameters:
+            kw["oom"] = rc.bench.attacks.oom
         if takes_deadline and deadline.at is not None:
             kw["deadline"] = deadline.at
         res = run_cell(model, interpreter, attack, batch, cfg, **kw)

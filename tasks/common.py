@@ -10,6 +10,9 @@ import numpy as np
 from adv2core.config import ResolvedConfig
 from adv2core.errors import Adv2Error
 from adv2core.store.layout import ShardUnit
+from adv2core.transient import is_transient  # the one definition of a transient failure
+
+__all__ = ["Deadline", "ShardBudgetExceeded", "identity", "is_transient", "retry_transient", "to_numpy", "unit_summary"]
 
 
 class ShardBudgetExceeded(Adv2Error):
@@ -38,22 +41,6 @@ class Deadline:
                 f"{self.what} exceeded its budget of {self.seconds:g} s (pipeline.shard_budget_s); "
                 f"it was not written and a rerun will retry it"
             )
-
-
-def is_transient(exc: BaseException | None) -> bool:
-    """Worth a retry: I/O trouble and CUDA out-of-memory. Never user errors (Adv2Error) or bugs."""
-    if exc is None or isinstance(exc, Adv2Error):
-        return False
-    if isinstance(exc, OSError):
-        return True
-    try:
-        import torch
-
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return True
-    except (ImportError, AttributeError):  # pragma: no cover
-        pass
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:

@@ -33,7 +33,8 @@ from adv2core.attacks import (
     warp,
 )
 from adv2core.attacks.base import Adam, cross_entropy, cw_margin
-from adv2core.attacks.config import PRESET_DIR, ADV2GradConfig, PGDConfig, validate_config
+from adv2core import presets
+from adv2core.attacks.config import ADV2GradConfig, PGDConfig, validate_config
 from adv2core.attacks.targets import pick_target_images
 from adv2core.errors import ConfigError
 from adv2core.interpreters import CAM, Grad
@@ -89,7 +90,7 @@ def test_paper_defaults_are_the_spec_values():
 
 def test_paper_yaml_equals_the_defaults_and_quick_is_smaller():
     assert load_preset("paper") == PAPER
-    raw = yaml.safe_load((PRESET_DIR / "paper.yaml").read_text())
+    raw = yaml.safe_load(presets.packaged("attacks").joinpath("paper.yaml").read_text())
     assert AttacksConfig.model_validate(raw) == PAPER
     quick = load_preset("quick")
     assert quick.name == "quick"

@@ -140,12 +140,36 @@ def test_unknown_preset_lists_choices():
         load_config("nope")
 
 
-def test_step_cap_caps_every_step_count_and_nothing_else():
-    raw = {"steps": 1200, "stage2_steps": [301, 201], "select_every": 50, "lr": 0.5, "inner": {"iterations": 300},
-           "phase1_lr_step": 4000, "flag": True}
-    capped = cap_steps(raw, 2)
-    assert capped == {"steps": 2, "stage2_steps": [2, 2], "select_every": 2, "lr": 0.5, "inner": {"iterations": 2},
-                      "phase1_lr_step": 4000, "flag": True}
+def test_step_cap_caps_marked_loop_counts_only_not_names():
+    """The cap walks the schema's loop-count marker (adv2core.loops), never field names."""
+    from pydantic import BaseModel, Field
+
+    from adv2core.loops import LOOP, LoopCount, loop_fields
+
+    class Inner(BaseModel):
+        iterations: int = Field(300, **LOOP)
+        phase1_lr_step: int = 4000
+
+    class Schema(BaseModel):
+        steps: LoopCount = 1200
+        stage2_steps: tuple[LoopCount, ...] = (301, 201)
+        warmup_steps: int = 500  # named like a loop count, not marked: untouched
+        budget: LoopCount = 70  # not named like one, marked: capped
+        lr: float = 0.5
+        flag: bool = True
+        inner: Inner = Inner()
+
+    raw = Schema().model_dump()
+    capped = cap_steps(raw, 2, Schema)
+    assert capped == {"steps": 2, "stage2_steps": (2, 2), "warmup_steps": 500, "budget": 2, "lr": 0.5, "flag": True,
+                      "inner": {"iterations": 2, "phase1_lr_step": 4000}}
+    assert raw["steps"] == 1200  # a copy, the input is left alone
+    assert sorted(loop_fields(Schema)) == ["budget", "inner.iterations", "stage2_steps", "steps"]
+    assert Schema.model_json_schema()["properties"]["budget"]["loop_count"] is True
+    assert "loop_count" not in Schema.model_json_schema()["properties"]["warmup_steps"]
+
+
+def test_step_cap_caps_every_step_count_of_the_real_schemas():
     rc = load_config("paper", overrides=["attacks.step_cap=2", "interpreters.step_cap=2"]).resolve()
 
     def walk(node, key=""):
@@ -164,6 +188,8 @@ def test_step_cap_caps_every_step_count_and_nothing_else():
     assert counted and all(v <= 2 for _, v in counted)
     assert rc.attack_params["adv2"]["mask"]["ls_bisections"] == 2 and rc.attack_params["adv2"]["mask"]["inner_plain"] == 2
     assert rc.attack_params["pgd"]["eps"] == 0.031  # non-step values untouched
+    assert rc.attack_params["target"]["shape"]["canvas"] == 224  # a positive int, not a loop count
+    assert rc.interpreter_params["rts"]["phase1_lr_step"] == 4000
 
 
 def test_derive_seed_is_stable_distinct_and_63_bit():

@@ -2,8 +2,8 @@
 
 The defaults reproduce spec section 2.5 (ADV^2 per interpreter), section 3.2 (StAdv and StAdv-ADV^2)
 and section 4 (the PGD baseline, reported at step 1200) *verbatim*; :data:`PAPER` is therefore simply
-``AttacksConfig()``. ``configs/attacks/quick.yaml`` scales the step counts down for the 64x64 embedded set
-on a laptop, ``configs/attacks/paper.yaml`` spells the paper values out explicitly.
+``AttacksConfig()``. The ``quick`` attack preset (``adv2core/configs/attacks/quick.yaml``) scales the step
+counts down for the 64x64 embedded set on a laptop, ``paper`` spells the paper values out explicitly.
 
 Invalid values (eps <= 0 or > 1, a step count <= 0, mismatched schedule lengths, unknown keys) raise a
 one-line :class:`~adv2core.errors.ConfigError` through :func:`validate_config` / :func:`load_preset`.
@@ -14,14 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adv2core.errors import ConfigError
+from adv2core.loops import LoopCount, LoopCountOrZero
 
 Eps = Annotated[float, Field(gt=0, le=1, description="L-inf radius in [0,1] pixel units")]
 Alpha = Annotated[float, Field(gt=0, le=1, description="sign step size")]
-Steps = Annotated[int, Field(gt=0)]
+Steps = LoopCount  # a loop count: marked in the schema, so ``step_cap`` caps it (adv2core.loops)
+Pixels = Annotated[int, Field(gt=0)]
 Weight = Annotated[float, Field(ge=0)]
 Reduction = Literal["sse", "mse"]
 QuantMode = Literal["round", "trunc"]
@@ -112,7 +113,7 @@ class ADV2MaskConfig(_Frozen):
     stage1_clip: bool = True
     stage2_steps: Steps = 1000
     pred_step: float = Field(0.05, gt=0, description="L2-normalised prediction step on the CW margin")
-    inner_plain: int = Field(4, ge=0)
+    inner_plain: LoopCountOrZero = 4
     inner_unrolled: Steps = 4
     ls_max: float = Field(0.08, gt=0)
     ls_max_late: float = Field(0.04, gt=0)
@@ -183,7 +184,7 @@ class StAdvADV2MaskConfig(_FlowCommon):
     margin_clip: float = -5.0
     stage2_steps: Steps = 1000
     stage2_lr: float = Field(0.005, gt=0)
-    inner_plain: int = Field(4, ge=0)
+    inner_plain: LoopCountOrZero = 4
     inner_unrolled: Steps = 4
     inner_lr: float = Field(0.01, gt=0, description="custom-Adam lr of the inner mask steps")
     int_weight: Weight = 500.0
@@ -199,7 +200,7 @@ class StAdvADV2MaskConfig(_FlowCommon):
 class ShapeConfig(_Frozen):
     """Random-shape target maps (spec 3.1), in units of a 224-pixel canvas."""
 
-    canvas: Steps = 224
+    canvas: Pixels = 224
     centre: tuple[float, float] = (40.0, 184.0)
     radius: tuple[float, float] = (30.0, 60.0)
     half_side: tuple[float, float] = (30.0, 60.0)
@@ -231,7 +232,7 @@ class StAdvADV2Configs(_Frozen):
 
 class AttacksConfig(_Frozen):
     """One preset: every attack's configuration, the target-map choice, and which interpreter preset
-    (``configs/interpreters/<name>.yaml``: MASK solver length, RTS recipe) the bench cell builds
+    (``adv2core/configs/interpreters/<name>.yaml``: MASK solver length, RTS recipe) the bench cell builds
     interpreters with (None: the model's default, ``quick`` for embedded models)."""
 
     name: str = "paper"
@@ -276,12 +277,14 @@ def validate_config(cls: type[M], data: Any = None, /, **overrides: Any) -> M:
         raise _one_line(exc, cls.__name__) from None
 
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "attacks"
-PRESETS = ("quick", "paper", "real")
+PRESETS = ("quick", "paper", "real")  # the shipped ones; adv2core.presets.names("attacks") lists all
 
 
 def load_preset(preset: str | Path | AttacksConfig | dict | None = "paper") -> AttacksConfig:
-    """A preset by name (``quick``/``paper``/``real`` from ``configs/attacks``), a YAML path, a dict or a config."""
+    """A preset by name (shipped ``quick``/``paper``/``real`` or one in ``$ADV2_CONFIG_DIR/attacks``, through
+    :mod:`adv2core.presets`), a YAML path, a dict or a config."""
+    from adv2core import presets
+
     if preset is None:
         return PAPER
     if isinstance(preset, AttacksConfig):
@@ -289,17 +292,11 @@ def load_preset(preset: str | Path | AttacksConfig | dict | None = "paper") -> A
     if isinstance(preset, dict):
         return validate_config(AttacksConfig, preset)
     path = Path(preset)
-    if str(preset) in PRESETS:
-        path = PRESET_DIR / f"{preset}.yaml"
-    elif path.suffix not in (".yaml", ".yml"):
-        raise ConfigError(f"unknown attack preset {str(preset)!r}; choose one of: {', '.join(PRESETS)} or a .yaml path")
-    if not path.is_file():
-        raise ConfigError(f"attack preset file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"attack preset {path.name} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"attack preset {path.name} must be a mapping at the top level")
-    data.setdefault("name", path.stem)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"attack preset file not found: {path}")
+        data, stem = presets.read_file(path, "attack preset"), path.stem
+    else:
+        data, stem = presets.load("attacks", str(preset)), str(preset)
+    data.setdefault("name", stem)
     return validate_config(AttacksConfig, data)

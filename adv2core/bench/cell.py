@@ -42,6 +42,7 @@ from adv2core.metrics import (
     target_probability,
 )
 from adv2core.models.classifier import Classifier
+from adv2core.transient import call_with_oom_policy, is_transient, merge_attack_results
 
 IOU_KEYS: tuple[str, ...] = tuple(f"iou_k{k:02d}" for k in DEFAULT_KS)
 #: Per-sample columns of a cell row, in the samples-table order (the pipeline adds run/config/... keys).
@@ -176,6 +177,7 @@ def run_cell(
     pool: Batch | None = None,
     data_cfg: Any = None,
     benign_maps: torch.Tensor | None = None,
+    oom: str = "retry",
 ) -> CellResult:
     """Attack one batch with (model, interpreter, attack) and return per-sample rows and tensors.
 
@@ -187,7 +189,9 @@ def run_cell(
     pass this batch's benign maps (for y) computed by an earlier cell, e.g. to share MASK solves across
     attacks (they must come from the same interpreter and ids). Images that failed to
     load (``batch.errors``) become 'error' rows. Configuration mistakes raise :class:`ConfigError`;
-    a runtime failure of the attack turns the batch's rows into 'error' rows carrying the message.
+    transient failures (out of memory, I/O: :mod:`adv2core.transient`) propagate to the task's retry
+    policy, or with ``oom='split'`` an out-of-memory attack call is retried on the halves of the batch;
+    any other runtime failure of the attack turns the batch's rows into 'error' rows carrying the message.
     """
     t_cell = time.perf_counter()
     preset = load_preset(cfg)
@@ -227,10 +231,13 @@ def run_cell(
         m_t, errs = make_target_maps(preset, interpreter, x, y, y_t, ids, benign, seed=seed, pool=pool)
 
     try:
-        res = attack(x, y_t, target_map=m_t, ids=ids)
+        res = call_with_oom_policy(lambda s: attack(x[s], y_t[s], target_map=m_t[s], ids=ids[s]), n,
+                                   merge_attack_results, oom)
     except Adv2Error:
         raise
     except Exception as exc:  # noqa: BLE001 - a crashed batch becomes error rows, the run goes on
+        if is_transient(exc):
+            raise  # out of memory / I/O: the task is retried and nothing is stored for this shard
         msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
         rows = [_error_row(i, msg, int(c)) for i, c in zip(ids, y.tolist())] + error_rows
         return CellResult(rows, x, np.zeros(tuple(x.shape), np.int16), benign, torch.full_like(benign, math.nan), y_t,

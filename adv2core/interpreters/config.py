@@ -1,9 +1,9 @@
 """Configuration of the two optimised/trained interpreters, RTS and MASK (spec sections 2.3, 2.4, 2.5).
 
 The class DEFAULTS are the paper/official-code values (224x224 ImageNet). Presets in
-``configs/interpreters/<preset>.yaml`` override them: ``paper`` is empty on purpose (the defaults *are*
-the paper), ``quick`` scales sizes to the 64x64 embedded images and cuts iterations so that everything
-runs on 2 CPU cores. Every field that changes a trained RTS masking model is part of its cache key
+``adv2core/configs/interpreters/<preset>.yaml`` (read through :mod:`adv2core.presets`) override them:
+``paper`` is empty on purpose (the defaults *are* the paper), ``quick`` scales sizes to the 64x64 embedded
+images and cuts iterations so that everything runs on 2 CPU cores. Every field that changes a trained RTS masking model is part of its cache key
 (see :func:`RTSConfig.training_key`); inference-only fields (``model_confidence``) are not.
 """
 
@@ -12,13 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adv2core.errors import ConfigError
-
-#: Where the preset YAML files live (repository root / configs / interpreters).
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "interpreters"
+from adv2core.loops import LOOP
 
 
 def cv2_default_sigma(ksize: int) -> float:
@@ -51,7 +48,7 @@ class MaskConfig(BaseModel):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     eps: float = Field(1e-8, gt=0)
-    iterations: int = Field(300, ge=0)
+    iterations: int = Field(300, ge=0, **LOOP)
     init: float = Field(0.5, ge=0, le=1, description="initial mask value (1 keeps, 0 blurs)")
     seed: int = Field(0, description="mixed with each image id to seed its jitter stream")
     # Inner-state reset used by the ADV^2 MASK attack every 50 outer iterations (spec 2.4, stage 2 step 1).
@@ -105,7 +102,7 @@ class RTSConfig(BaseModel):
     model_confidence: float = Field(6.0, description="selector gate offset at inference (attack and benign maps)")
 
     # --- phase 1: class selector only (exists-logit cross-entropy) ------------------------------
-    phase1_iterations: int = Field(8500, ge=0)
+    phase1_iterations: int = Field(8500, ge=0, **LOOP)
     phase1_batch_size: int = Field(128, ge=1)
     phase1_lr: float = Field(1e-3, gt=0)
     phase1_weight_decay: float = Field(1e-4, ge=0)
@@ -113,7 +110,7 @@ class RTSConfig(BaseModel):
     phase1_fake_prob: float = Field(0.5, ge=0, le=1)
 
     # --- phase 2: decoder (encoder frozen; selector frozen as in the code) ------------------------
-    phase2_iterations: int = Field(3000, ge=0)
+    phase2_iterations: int = Field(3000, ge=0, **LOOP)
     phase2_batch_size: int = Field(64, ge=1)
     phase2_lr: float = Field(1e-3, gt=0)
     phase2_weight_decay: float = Field(1e-4, ge=0)
@@ -174,7 +171,9 @@ _SECTIONS: dict[str, type[BaseModel]] = {"rts": RTSConfig, "mask": MaskConfig}
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    from adv2core import presets
+
+    return presets.names("interpreters")
 
 
 def load_interpreter_config(preset: str | Path = "paper") -> dict[str, BaseModel]:
@@ -182,20 +181,17 @@ def load_interpreter_config(preset: str | Path = "paper") -> dict[str, BaseModel
 
     The YAML holds optional ``rts:`` and ``mask:`` mappings of overrides on the paper defaults.
     """
+    from adv2core import presets
+
     path = Path(preset)
-    if path.suffix not in (".yaml", ".yml"):
-        path = PRESET_DIR / f"{preset}.yaml"
+    if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
-            raise ConfigError(f"unknown interpreter preset {str(preset)!r}; choose one of: {', '.join(preset_names())}")
-    if not path.is_file():
-        raise ConfigError(f"interpreter config not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML in {path}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict) or set(raw) - set(_SECTIONS):
-        extra = sorted(set(raw) - set(_SECTIONS)) if isinstance(raw, dict) else raw
-        raise ConfigError(f"{path}: top-level keys must be among {sorted(_SECTIONS)}, got {extra}")
+            raise ConfigError(f"interpreter config not found: {path}")
+        raw = presets.read_file(path, "interpreter config")
+    else:
+        raw = presets.load("interpreters", str(preset))
+    if set(raw) - set(_SECTIONS):
+        raise ConfigError(f"{preset}: top-level keys must be among {sorted(_SECTIONS)}, got {sorted(set(raw) - set(_SECTIONS))}")
     out: dict[str, BaseModel] = {}
     for key, cls in _SECTIONS.items():
         section = raw.get(key) or {}
@@ -204,7 +200,7 @@ def load_interpreter_config(preset: str | Path = "paper") -> dict[str, BaseModel
         except (ValidationError, TypeError) as exc:
             first = str(exc).splitlines()
             msg = " ".join(first[:3]) if first else type(exc).__name__
-            raise ConfigError(f"{path}: invalid {key} settings: {msg}") from None
+            raise ConfigError(f"{preset}: invalid {key} settings: {msg}") from None
     return out
 
 
