@@ -5,7 +5,9 @@
 * out of memory: ``torch.OutOfMemoryError`` (torch >= 2.5), ``torch.cuda.OutOfMemoryError``, and any
   ``RuntimeError`` whose message contains "out of memory" (older torch, MPS, cuDNN/cuBLAS allocation
   failures surface that way);
-* ``OSError`` (I/O trouble: a network file system, a full disk that gets freed, a lost connection).
+* ``OSError`` (I/O trouble: a network file system, a full disk that gets freed, a lost connection),
+  except the ones a retry cannot fix: a missing file or folder, a permission refusal
+  (``FileNotFoundError``, ``NotADirectoryError``, ``IsADirectoryError``, ``PermissionError``).
 
 Never transient: :class:`~adv2core.errors.Adv2Error` (user and configuration problems) and every other
 exception (a deterministic bug in an attack: the bench cell stores it as ``error`` rows).
@@ -48,7 +50,10 @@ def is_transient(exc: BaseException | None) -> bool:
     """Worth a retry: out of memory and I/O trouble. Never user errors (Adv2Error) or bugs."""
     if exc is None or isinstance(exc, Adv2Error):
         return False
-    return is_oom(exc) or isinstance(exc, OSError)
+    return is_oom(exc) or (isinstance(exc, OSError) and not isinstance(exc, _PERMANENT_OS_ERRORS))
+
+
+_PERMANENT_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def call_with_oom_policy(fn: Callable[[slice], Any], n: int, merge: Callable[[list[Any]], Any],

@@ -45,6 +45,7 @@ def test_what_is_transient_is_defined_once():
     from adv2core.errors import ConfigError
 
     assert not is_transient(ConfigError("bad value"))
+    assert not is_transient(FileNotFoundError("no such file")) and not is_transient(PermissionError("denied"))
 
 
 @pytest.fixture(scope="module")
