@@ -73,7 +73,7 @@ def _correctly_classified(model, batch):
 
 
 #: The suite's MASK budget: the quick preset's ADV²-MASK (40 outer iterations, 2 + 2 inner steps) costs
-#: about 4x the 20-iteration, 1 + 1 version on 2 cores; the test keeps the cheaper one (L1 ratio measured
+#: 1.5-2x the 20-iteration, 1 + 1 version on 2 cores; the test keeps the cheaper one (L1 ratio measured
 #: 0.58 with it, bar 0.8). The preset's own strength is measured by benchmarks/quick_evidence.py.
 QUICK_TEST = QUICK.model_copy(update={"adv2": QUICK.adv2.model_copy(update={
     "mask": QUICK.adv2.mask.model_copy(update={"stage2_steps": 20, "inner_plain": 1, "inner_unrolled": 1})})})
