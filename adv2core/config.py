@@ -518,8 +518,6 @@ def _prune(kind: str, full: dict[str, Any], names: list[str], interpreters: list
             out[k] = {i: v for i, v in out[k].items() if i in interpreters}
     if any(attack_field(a) in ("adv2", "stadv_adv2") for a in names) and "target" in full:
         out["target"] = full["target"]
-    if full.get("interpreters"):
-        out["interpreters"] = {i: v for i, v in full["interpreters"].items() if i in interpreters}
     return out
 
 
