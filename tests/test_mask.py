@@ -112,6 +112,9 @@ def test_registry_and_geometry(model):
     with pytest.raises(ConfigError):
         interpreter_spec("mask", config={"bogus": 1})
     with pytest.raises(ConfigError):
+        build_interpreter("mask", model, bogus=1)  # the older keyword form checks its options too
+    assert build_interpreter("mask", model, cfg=_cfg(iterations=1)).cfg == interp.cfg
+    with pytest.raises(ConfigError):
         InterpreterSpec("mask", RTSConfig())  # the wrong settings for this interpreter
     with pytest.raises(ConfigError):
         InterpreterSpec("mask", _cfg(), Path("mask.pt"))  # only RTS is built from weights

@@ -101,18 +101,40 @@ def interpreter_spec(
     return InterpreterSpec(name, cfg, Path(checkpoint) if checkpoint is not None else None)
 
 
+def _legacy_spec(name: str, model: Classifier, opts: dict[str, Any]) -> InterpreterSpec:
+    """The spec of the older keyword form ``build_interpreter(name, model, cfg=..., checkpoint=...)``
+    (scripts under ``benchmarks/`` use it); without settings, the model's default preset."""
+    cfg = opts.pop("cfg", None) or opts.pop("mask_cfg", None) or opts.pop("rts_cfg", None)
+    checkpoint = opts.pop("checkpoint", None)
+    confidence = opts.pop("confidence", None)
+    if opts:
+        raise ConfigError(f"unknown {name} option(s): {', '.join(sorted(opts))}")
+    spec = interpreter_spec(name, None, model.name, config=cfg, checkpoint=checkpoint)
+    if confidence is not None and isinstance(spec.config, RTSConfig):
+        spec = InterpreterSpec(name, spec.config.model_copy(update={"model_confidence": float(confidence)}), spec.checkpoint)
+    return spec
+
+
 def build_interpreter(
-    spec: InterpreterSpec,
+    spec: InterpreterSpec | str,
     model: Classifier,
     *,
     data_cfg: Any | None = None,
     train_if_missing: bool = False,
     progress: bool = False,
     encoder_model: Classifier | None = None,
+    **legacy: Any,
 ) -> Interpreter:
     """Interpreter ``spec`` for ``model``. RTS loads its masking model from ``spec.checkpoint`` or the
     cache of the embedded models (trained on ``data_cfg`` when missing and ``train_if_missing``;
-    ``encoder_model``: densenet-mini's companion encoder, default the cached one)."""
+    ``encoder_model``: densenet-mini's companion encoder, default the cached one).
+
+    A name instead of a spec is the older keyword form (``cfg=``, ``checkpoint=``, ``confidence=`` in
+    ``legacy``), turned into a spec first."""
+    if isinstance(spec, str):
+        spec = _legacy_spec(spec, model, dict(legacy))
+    elif legacy:
+        raise ConfigError(f"unknown interpreter option(s): {', '.join(sorted(legacy))} (settings belong in the spec)")
     if not isinstance(spec, InterpreterSpec):
         raise TypeError(f"build_interpreter takes an InterpreterSpec (see interpreter_spec), got {type(spec).__name__}")
     cls: Any = interpreter_class(spec.name)
