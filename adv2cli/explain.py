@@ -8,24 +8,13 @@ from typing import Any
 import torch
 
 
-def _interpreter_opts(name: str, preset: str) -> dict[str, Any]:
-    from adv2core.interpreters.config import load_interpreter_config
-
-    cfgs = load_interpreter_config(preset)
-    if name == "rts":
-        return {"rts_cfg": cfgs["rts"], "train_if_missing": True, "progress": True}
-    if name == "mask":
-        return {"cfg": cfgs["mask"]}
-    return {}
-
-
 def train_rts_for(model_name: str, preset: str) -> dict[str, Any]:
-    from adv2core.interpreters.config import load_interpreter_config
+    from adv2core.interpreters.registry import interpreter_spec
     from adv2core.interpreters.rts_training import train_rts
     from adv2core.models.registry import load_model
 
     model = load_model(model_name, train_if_missing=True)
-    _, metrics = train_rts(model_name, model, None, load_interpreter_config(preset)["rts"], progress=True)
+    _, metrics = train_rts(model_name, model, None, interpreter_spec("rts", preset, model_name).config, progress=True)
     return {"model": model_name, **metrics}
 
 
@@ -39,7 +28,7 @@ def run_explain(
     from adv2core.data.synthetic import EmbeddedDataConfig, EmbeddedDataset
     from adv2core.errors import ConfigError
     from adv2core.interpreters.localization import localization_scores
-    from adv2core.interpreters.registry import build_interpreter, interpreter_class
+    from adv2core.interpreters.registry import build_interpreter, interpreter_class, interpreter_spec
     from adv2core.metrics.stats import bootstrap_ci
     from adv2core.models.registry import MODEL_NAMES, load_model
     from adv2core.report.grids import map_grid
@@ -63,7 +52,8 @@ def run_explain(
     result["gates"] = {}
     for model_name in models:
         model = load_model(model_name, train_if_missing=True, device=device)
-        interps = {n: build_interpreter(n, model, **_interpreter_opts(n, preset)) for n in interpreters}
+        interps = {n: build_interpreter(interpreter_spec(n, preset, model_name), model, train_if_missing=True, progress=True)
+                   for n in interpreters}
         # refuses a model at chance or (on_degenerate=refuse) an interpreter with degenerate maps
         gate = preflight_dataset(model, model_name, interps, ds, gates, split="embedded test split")
         result["gates"][model_name] = gate

@@ -33,7 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from adv2core import presets
-from adv2core.errors import ConfigError
+from adv2core.errors import ConfigError, validate_config
 from adv2core.gates import GatesConfig
 
 PRESETS = ("smoke", "quick", "paper", "isic", "real")
@@ -317,21 +317,7 @@ def load_config(
         data = deep_merge(data, extra)
     for item in overrides:
         apply_override(data, item)
-    return validate_config(data)
-
-
-def validate_config(data: Mapping[str, Any]) -> BenchConfig:
-    """Validate a config dict; any problem becomes one ConfigError line naming the key."""
-    try:
-        return BenchConfig.model_validate(dict(data))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        msg = err.get("msg", "invalid value")
-        msg = msg.removeprefix("Value error, ")
-        if err.get("type") == "extra_forbidden":
-            msg = "unknown key"
-        raise ConfigError(f"invalid config {loc}: {msg}" if loc else f"invalid config: {msg}") from None
+    return validate_config(BenchConfig, data, what="config")
 
 
 def preset_path(name: str) -> Any:
@@ -481,9 +467,9 @@ def _schema(kind: str) -> Any:
 def _full_dump(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
     """Every field with its value (defaults included), so the hash sees values, not preset names."""
     if kind == "attacks":
-        from adv2core.attacks.config import AttacksConfig, validate_config as validate_attacks
+        from adv2core.attacks.config import AttacksConfig
 
-        return validate_attacks(AttacksConfig, raw).model_dump(mode="json")
+        return validate_config(AttacksConfig, raw).model_dump(mode="json")
     from adv2core.interpreters.config import MaskConfig, RTSConfig
 
     sections = {"rts": RTSConfig, "mask": MaskConfig}
@@ -518,8 +504,6 @@ def _prune(kind: str, full: dict[str, Any], names: list[str], interpreters: list
             out[k] = {i: v for i, v in out[k].items() if i in interpreters}
     if any(attack_field(a) in ("adv2", "stadv_adv2") for a in names) and "target" in full:
         out["target"] = full["target"]
-    if full.get("interpreters"):
-        out["interpreters"] = {i: v for i, v in full["interpreters"].items() if i in interpreters}
     return out
 
 

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
 from adv2core.config import BenchConfig, ResolvedConfig
-from adv2core.errors import Adv2Error, ConfigError
+from adv2core.errors import Adv2Error, ConfigError, one_line
 from adv2core.store import ResultStore, ShardUnit
 from flows.progress import Tracker
 from tasks import provenance
@@ -224,11 +224,6 @@ def _is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, (ConfigError, DataError, CheckpointError, GateError))
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 # ---------------------------------------------------------------------------------------- orchestration
 def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: Tracker) -> dict[str, Any]:
     """The stages, shared by both engines. Returns the run summary (plain data)."""
@@ -272,7 +267,7 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
                 # fail the same way, so the run ends here as the user error it is (CLI exit 2).
                 raise val
             else:
-                failures.append({"stage": "prepare", "model": prep[fut], "error": _one_line(val)})
+                failures.append({"stage": "prepare", "model": prep[fut], "error": one_line(val)})
         summary["preflight"] = preflight
         store.write_run(provenance.run_row(**row_args, device=device, status="running"))
         tracker.start(plan.total_tasks, plan.done_tasks)  # after preparation, so rate and ETA are the shards'
@@ -311,7 +306,7 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
                 if val.get("device"):
                     devices.add(str(val["device"]))
             else:
-                failures.append({**info, "error": _one_line(val)})
+                failures.append({**info, "error": one_line(val)})
             tracker.advance(info, ok)
             g = (u.model, u.shard)
             if g in waiting and u in waiting[g]:
@@ -331,7 +326,7 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
             if ok:
                 done_status.append(val.get("status"))
             else:
-                failures.append({"stage": "transfer", "model": m, "shard": s, "error": _one_line(val)})
+                failures.append({"stage": "transfer", "model": m, "shard": s, "error": one_line(val)})
             tracker.advance(val if ok else {"stage": "transfer", "model": m, "shard": s}, ok)
 
         summary["seconds"] = round(time.perf_counter() - t0, 3)
@@ -347,9 +342,9 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
                 summary["report"] = {k: rep.get(k) for k in ("report", "out_dir", "paths", "headline", "skipped",
                                                                "artifacts")}
             except Exception as exc:
-                summary["report_error"] = _one_line(exc)
+                summary["report_error"] = one_line(exc)
     except Exception as exc:
-        summary["error"] = _one_line(exc)
+        summary["error"] = one_line(exc)
         raise
     except BaseException:  # Ctrl-C, SIGTERM (ours or Prefect's TerminationSignal), SystemExit
         status = "interrupted"
@@ -457,7 +452,7 @@ def check_dask_cluster(address: str, gpu_resource: str | None, timeout: float = 
     try:
         client = Client(address, timeout=timeout)
     except (OSError, TimeoutError) as exc:
-        raise ConfigError(f"cannot reach the Dask scheduler at {address}: {_one_line(exc)}") from None
+        raise ConfigError(f"cannot reach the Dask scheduler at {address}: {one_line(exc)}") from None
     try:
         workers = client.scheduler_info().get("workers", {})
         if not workers:

@@ -8,7 +8,6 @@ manifest last) and returns a small summary dict.
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Any
 
@@ -65,7 +64,6 @@ def run_attack_shard(payload: dict[str, Any], run: dict[str, Any], model: str, i
     interp_obj = worker.get_interpreter(rc, model, interpreter, device)
     cfg = attack_config(rc)
     run_cell = _run_cell_fn()
-    takes_deadline = "deadline" in inspect.signature(run_cell).parameters
     base = {**identity(rc, run, unit), "interpreter": interpreter}
 
     rows: list[dict[str, Any]] = []
@@ -76,13 +74,8 @@ def run_attack_shard(payload: dict[str, Any], run: dict[str, Any], model: str, i
         batch = ds.load(indices[start:start + bs])  # unreadable images -> batch.errors -> 'error' rows
         batch, excluded = select_population(model_obj, batch, rc.bench.data.population)
         rows.extend({**r, **base} for r in excluded)
-        kw: dict[str, Any] = {"seed": int(rc.bench.seed), "device": device, "model": model_obj,
-                              "interpreter": interp_obj}
-        if "oom" in inspect.signature(run_cell).parameters:
-            kw["oom"] = rc.bench.attacks.oom
-        if takes_deadline and deadline.at is not None:
-            kw["deadline"] = deadline.at
-        res = run_cell(model, interpreter, attack, batch, cfg, **kw)
+        res = run_cell(model, interpreter, attack, batch, cfg, seed=int(rc.bench.seed), device=device,
+                       model=model_obj, interpreter=interp_obj, oom=rc.bench.attacks.oom)
         cell_rows = [{**r, **base} for r in res.rows]
         rows.extend(cell_rows)
         if len(batch):

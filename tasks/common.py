@@ -32,9 +32,6 @@ class Deadline:
         self.start = time.monotonic()
         self.at = None if seconds is None else self.start + seconds
 
-    def remaining(self) -> float | None:
-        return None if self.at is None else self.at - time.monotonic()
-
     def check(self) -> None:
         if self.at is not None and time.monotonic() > self.at:
             raise ShardBudgetExceeded(

@@ -19,25 +19,7 @@ from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 
-from adv2core.errors import Adv2Error
-from adv2core.store import run_sql
-
-
-class ReportError(Adv2Error):
-    """The run to report cannot be found."""
-
-
-def resolve_run(results_root: str | Path, run: str) -> dict[str, Any]:
-    """The ``runs`` row of ``run`` (an id, or ``latest``), as a dict (ReportError if absent)."""
-    if run == "latest":
-        t = run_sql(results_root, "SELECT * FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 1")
-    else:
-        t = run_sql(results_root, "SELECT * FROM runs WHERE run_id = ?", [run])
-    rows = t.to_pylist()
-    if not rows:
-        what = "no runs yet" if run == "latest" else f"no run {run!r}"
-        raise ReportError(f"{what} in {results_root}; list them with `adv2 runs`")
-    return rows[0]
+from adv2core.store.query import resolve_run
 
 
 def csv_text(table: pa.Table) -> str:

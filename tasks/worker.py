@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -215,45 +215,34 @@ def get_model(rc: ResolvedConfig, name: str, device: str):
     return model_entry(rc, name, device)["model"]
 
 
-def interpreter_options(rc: ResolvedConfig, model_name: str, interpreter: str, *,
-                        train_if_missing: bool = True) -> dict[str, Any]:
-    """Constructor options of an interpreter from the resolved config.
-
-    RTS: its config, the run's embedded data config (the masking model of an embedded classifier is
-    trained on the same data) or, for real classifiers, a checkpoint from ``interpreters.checkpoints``;
-    MASK: its config. Extra options of the attack preset's ``interpreters`` section come last.
-    """
+def interpreter_spec(rc: ResolvedConfig, model_name: str, interpreter: str):
+    """The :class:`~adv2core.interpreters.registry.InterpreterSpec` of an interpreter in this run: its
+    resolved settings (``rc.interpreter_params``, what the config hash covers) and, for real classifiers,
+    a checkpoint from ``interpreters.checkpoints`` (relative paths against the data root)."""
     from pathlib import Path
 
-    from adv2core.interpreters.config import MaskConfig, RTSConfig
+    from adv2core.interpreters.registry import interpreter_spec as _spec
 
-    opts: dict[str, Any] = {}
-    params = rc.interpreter_params
-    if interpreter == "rts":
-        opts = {"rts_cfg": RTSConfig(**params.get("rts", {})), "train_if_missing": train_if_missing}
-        if model_name.endswith("-mini"):
-            opts["data_cfg"] = embedded_data_cfg(rc)
-    elif interpreter == "mask":
-        opts = {"cfg": MaskConfig(**params.get("mask", {}))}
-    ckpt = rc.bench.interpreters.checkpoints.get(interpreter, {}).get(model_name)
-    if ckpt:
-        p = Path(os.path.expandvars(ckpt)).expanduser()
-        opts["checkpoint"] = p if p.is_absolute() else Path(rc.data_root) / p
-    extra = (rc.attack_params.get("interpreters") or {}).get(interpreter) or {}
-    return {**opts, **extra}
+    ckpt: Path | None = None
+    raw = rc.bench.interpreters.checkpoints.get(interpreter, {}).get(model_name)
+    if raw:
+        p = Path(os.path.expandvars(raw)).expanduser()
+        ckpt = p if p.is_absolute() else Path(rc.data_root) / p
+    return _spec(interpreter, config=rc.interpreter_params.get(interpreter, {}), checkpoint=ckpt)
 
 
-def get_interpreter(rc: ResolvedConfig, model_name: str, interpreter: str, device: str,
-                    builder: Callable[..., Any] | None = None):
-    """An interpreter bound to the cached model of this thread (built once per thread)."""
+def get_interpreter(rc: ResolvedConfig, model_name: str, interpreter: str, device: str):
+    """An interpreter bound to the cached model of this thread (built once per thread). The masking model
+    of an embedded classifier's RTS is trained on the run's embedded data when missing."""
     entry = model_entry(rc, model_name, device)
     interps = entry["interpreters"]
     if interpreter not in interps:
         from adv2core.interpreters.registry import build_interpreter
 
-        build = builder or build_interpreter
+        data_cfg = embedded_data_cfg(rc) if model_name.endswith("-mini") else None
         with TRAIN_LOCK:  # RTS may train its masking model on first use
-            interps[interpreter] = build(interpreter, entry["model"], **interpreter_options(rc, model_name, interpreter))
+            interps[interpreter] = build_interpreter(interpreter_spec(rc, model_name, interpreter), entry["model"],
+                                                     data_cfg=data_cfg, train_if_missing=True)
     return interps[interpreter]
 
 

@@ -15,16 +15,18 @@ import torch.nn.functional as F
 import yaml
 
 from adv2core.attacks import (
-    ADV2,
     ADV2CAM,
     ADV2Grad,
     ADV2Mask,
+    StAdvADV2Mask,
     PAPER,
     PGD,
     AttacksConfig,
     InterpretationLoss,
     StAdv,
-    StAdvADV2,
+    StAdvADV2CAM,
+    StAdvADV2Grad,
+    attack_class,
     build_attack,
     flow_loss,
     load_preset,
@@ -132,8 +134,10 @@ def test_constructor_validation_and_registry(model):
     with pytest.raises(ConfigError):
         build_attack("adv2", model, None)
     assert isinstance(build_attack("adv2", model, Grad(model), "quick"), ADV2Grad)
-    assert isinstance(ADV2(model, CAM(model)), ADV2CAM)
-    assert type(StAdvADV2(model, CAM(model))).__name__ == "StAdvADV2CAM"
+    assert attack_class("adv2", "cam") is ADV2CAM and attack_class("stadv-adv2", "cam") is StAdvADV2CAM
+    assert isinstance(build_attack("stadv-adv2", model, CAM(model)), StAdvADV2CAM)
+    with pytest.raises(ConfigError, match="no procedure"):
+        attack_class("adv2", "lime")
     a = build_attack("pgd", model, None, "quick", steps=3)
     assert a.cfg.steps == 3 and a.cfg.eps == load_preset("quick").pgd.eps
 
@@ -331,7 +335,7 @@ def test_stadv_flow_stays_finite_and_loss_decreases(model, small):
 def test_stadv_adv2_runs_and_keeps_images_valid(model, small):
     b, t = small
     x, y = b.images[:3], b.labels[:3]
-    res = StAdvADV2(model, CAM(model), stage1_steps=5, stage2_steps=5)(x, t[:3], y=y, ids=b.ids[:3])
+    res = StAdvADV2CAM(model, CAM(model), stage1_steps=5, stage2_steps=5)(x, t[:3], y=y, ids=b.ids[:3])
     assert float(res.x_adv.min()) >= 0 and float(res.x_adv.max()) <= 1 and bool(torch.isfinite(res.extras["flow"]).all())
     assert res.steps.tolist() == [10, 10, 10]
 
@@ -476,12 +480,12 @@ def test_attack_loops_do_not_sync(model, small, forbid_host_syncs):
         (ADV2CAM(model, cam, stage1_steps=2, stage2_steps=2), cam.explain(x, y)),
         (ADV2Grad(model, grad, stage1_steps=2, stage2_steps=(2, 1, 1, 1), select_every=1, select_p_threshold=0.0), grad.explain(x, y)),
         (StAdv(model, steps=2), None),
-        (StAdvADV2(model, cam, stage1_steps=2, stage2_steps=2), cam.explain(x, y)),
+        (StAdvADV2CAM(model, cam, stage1_steps=2, stage2_steps=2), cam.explain(x, y)),
         (ADV2Mask(model, mk, stage1_steps=2, stage2_steps=2, resolve_every=1, inner_plain=1, inner_unrolled=1, ls_bisections=2),
          mk.explain(x, y, ids=ids)),
-        (StAdvADV2(model, grad, stage1_steps=2, stage2_steps=(1, 1, 1, 1), select_every=1, select_p_threshold=0.0),
+        (StAdvADV2Grad(model, grad, stage1_steps=2, stage2_steps=(1, 1, 1, 1), select_every=1, select_p_threshold=0.0),
          grad.explain(x, y)),
-        (StAdvADV2(model, mk, stage1_steps=2, stage2_steps=2, resolve_every=1, inner_plain=1, inner_unrolled=1),
+        (StAdvADV2Mask(model, mk, stage1_steps=2, stage2_steps=2, resolve_every=1, inner_plain=1, inner_unrolled=1),
          mk.explain(x, y, ids=ids)),
     ]
     forbid_host_syncs()

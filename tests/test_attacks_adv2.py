@@ -42,13 +42,13 @@ MIN_SUCCESS_DENSENET = 0.7
 def _interpreter(name, model, small_data_cfg):
     if name == "rts":
         from adv2core.interpreters.config import load_interpreter_config
-        from adv2core.interpreters.rts import RTS
+        from adv2core.interpreters.registry import InterpreterSpec, build_interpreter
 
         # 200 decoder iterations instead of the preset's 500: the test needs a trained, differentiable
         # masking model to attack, not the localisation quality bar (tests/test_rts.py checks training)
         cfg = load_interpreter_config("quick")["rts"].model_copy(update={
             "phase2_iterations": 200, "phase2_lr_step": 140, "quality_min_iou": 0.0, "quality_min_gap": 0.0})
-        return RTS.create(model, data_cfg=small_data_cfg, rts_cfg=cfg, train_if_missing=True)
+        return build_interpreter(InterpreterSpec("rts", cfg), model, data_cfg=small_data_cfg, train_if_missing=True)
     if name == "mask":
         # 60 solver iterations instead of the interpreter preset's 120 halves the test's cost; at 64x64 the
         # 60-iteration maps are within the jitter noise of the 120-iteration ones (mean L1 0.019 vs 0.016).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from adv2core.errors import ConfigError
 from adv2core.interpreters.config import MaskConfig, RTSConfig, cv2_default_sigma, load_interpreter_config
 from adv2core.interpreters.mask import MASK, gaussian_blur, jitter_offsets, image_keys, tv_norm
-from adv2core.interpreters.registry import build_interpreter
+from adv2core.interpreters.registry import InterpreterSpec, build_interpreter, interpreter_spec
 
 
 def _cfg(**kw) -> MaskConfig:
@@ -103,13 +104,24 @@ def test_jitter_stream_is_per_image_and_deterministic():
 
 # --- the interpreter ---------------------------------------------------------------------------------
 def test_registry_and_geometry(model):
-    interp = build_interpreter("mask", model, cfg=_cfg(iterations=1))
+    interp = build_interpreter(interpreter_spec("mask", config=_cfg(iterations=1)), model)
     assert isinstance(interp, MASK) and interp.iterative and interp.map_size() == 32  # quick: 64 / 2
     assert MASK(model, MaskConfig()).map_size(224) == 28
     maps = torch.rand(2, 1, 32, 32)
     assert torch.equal(interp.saliency(maps), 1 - maps)
     with pytest.raises(ConfigError):
-        build_interpreter("mask", model, bogus=1)
+        interpreter_spec("mask", config={"bogus": 1})
+    with pytest.raises(ConfigError):
+        build_interpreter("mask", model, bogus=1)  # the older keyword form checks its options too
+    assert build_interpreter("mask", model, cfg=_cfg(iterations=1)).cfg == interp.cfg
+    with pytest.raises(ConfigError):
+        InterpreterSpec("mask", RTSConfig())  # the wrong settings for this interpreter
+    with pytest.raises(ConfigError):
+        InterpreterSpec("mask", _cfg(), Path("mask.pt"))  # only RTS is built from weights
+    # a preset by name resolves once into the spec; the model's default preset when none is named
+    assert interpreter_spec("mask", "paper").config == MaskConfig()
+    assert interpreter_spec("mask", None, "resnet-mini").config == load_interpreter_config("quick")["mask"]
+    assert interpreter_spec("grad", "paper").config is None
 
 
 def test_batch_equals_single(model, batch):

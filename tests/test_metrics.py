@@ -323,18 +323,6 @@ def test_batch_equals_one_by_one() -> None:
         assert torch.equal(batch, single), name
 
 
-def test_transfer_entry_uses_maps_for_lp_and_saliency_for_iou() -> None:
-    g = _gen(16)
-    adv, ben = torch.rand(4, 1, 28, 28, generator=g), torch.rand(4, 1, 28, 28, generator=g)
-    ident = M.transfer_entry(adv, ben, lambda m: m)
-    mask = M.transfer_entry(adv, ben, lambda m: 1 - m)
-    assert set(ident) == {"l1", "l2", "iou_mean"}
-    assert torch.equal(ident["l1"], M.l1_distance(adv, ben)) and torch.equal(ident["l1"], mask["l1"])
-    assert torch.equal(ident["l2"], M.l2_distance(adv, ben))
-    assert torch.equal(mask["iou_mean"], M.iou_mean(1 - adv, 1 - ben))
-    assert not torch.equal(mask["iou_mean"], ident["iou_mean"])  # saliency_fn matters for ranking
-
-
 # ----------------------------------------------------------------------------------------------
 # aggregation
 # ----------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from adv2core.errors import CheckpointError
 from adv2core.interpreters.config import RTSConfig, load_interpreter_config
-from adv2core.interpreters.registry import build_interpreter
+from adv2core.interpreters.registry import InterpreterSpec, build_interpreter, interpreter_spec
 from adv2core.interpreters.rts import RTS
 from adv2core.interpreters.rts_model import build_masker
 from adv2core.interpreters.rts_training import (
@@ -35,6 +35,13 @@ TINY = dict(
 
 def _cfg(**kw) -> RTSConfig:
     return load_interpreter_config("quick")["rts"].model_copy(update={**TINY, **kw})  # type: ignore[return-value]
+
+
+def _rts(model, cfg: RTSConfig, checkpoint=None, **kw) -> RTS:
+    """RTS built the one way the project builds it: a spec through the registry."""
+    interp = build_interpreter(InterpreterSpec("rts", cfg, checkpoint), model, **kw)
+    assert isinstance(interp, RTS)
+    return interp
 
 
 @pytest.fixture(scope="module")
@@ -137,16 +144,16 @@ def test_checkpoint_round_trip_and_registry(resnet, test_batch, tmp_path):
     save_checkpoint(path, masker.state_dict(), {"note": "test"})
     x, y = test_batch.images[:4], test_batch.labels[:4]
     ref = RTS(resnet, masker).explain(x, y)
-    loaded = build_interpreter("rts", resnet, checkpoint=path, rts_cfg=cfg)
+    loaded = build_interpreter(interpreter_spec("rts", config=cfg, checkpoint=path), resnet)
     assert isinstance(loaded, RTS) and torch.equal(loaded.explain(x, y), ref)
     # a checkpoint without the encoder (pytorch-saliency style) keeps the classifier-built encoder
     slim = {k: v for k, v in masker.state_dict().items() if not k.startswith("encoder.")}
     torch.save(slim, tmp_path / "slim.pt")
-    assert torch.equal(RTS.create(resnet, checkpoint=tmp_path / "slim.pt", rts_cfg=cfg).explain(x, y), ref)
+    assert torch.equal(_rts(resnet, cfg, tmp_path / "slim.pt").explain(x, y), ref)
     # a checkpoint for another architecture is refused with one line
     torch.save({"selector.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="does not fit"):
-        RTS.create(resnet, checkpoint=tmp_path / "other.pt", rts_cfg=cfg)
+        _rts(resnet, cfg, tmp_path / "other.pt")
 
 
 def test_cache_lookup(resnet, small_data_cfg, test_batch):
@@ -157,11 +164,11 @@ def test_cache_lookup(resnet, small_data_cfg, test_batch):
     assert path != rts_checkpoint_path("resnet-mini", resnet, small_data_cfg, cfg.model_copy(update={"area_coeff": 4.5}))
     path.unlink(missing_ok=True)
     with pytest.raises(CheckpointError, match="train-rts"):
-        RTS.create(resnet, data_cfg=small_data_cfg, rts_cfg=cfg)
+        _rts(resnet, cfg, data_cfg=small_data_cfg)
     masker = build_masker(resnet, cfg)
     save_checkpoint(path, masker.state_dict(), {})
     try:
-        rts = RTS.create(resnet, data_cfg=small_data_cfg, rts_cfg=cfg, confidence=0.0)
+        rts = _rts(resnet, cfg.model_copy(update={"model_confidence": 0.0}), data_cfg=small_data_cfg)
         assert rts.confidence == 0.0
         x, y = test_batch.images[:2], test_batch.labels[:2]
         assert torch.equal(rts.explain(x, y), RTS(resnet, masker, confidence=0.0).explain(x, y))
@@ -185,7 +192,7 @@ def test_refuses_code_executing_pickle(resnet, tmp_path):
     torch.save({"state_dict": {"selector.weight": _RunsCode(marker)}}, path)
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="refused|unsafe|weights_only"):
-        RTS.create(resnet, checkpoint=path, rts_cfg=_cfg())
+        _rts(resnet, _cfg(), path)
     assert not marker.exists()
 
 
@@ -196,10 +203,10 @@ def test_truncated_checkpoint(resnet, tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError):
-        RTS.create(resnet, checkpoint=path, rts_cfg=_cfg())
+        _rts(resnet, _cfg(), path)
     missing = tmp_path / "missing.pt"
     with pytest.raises(CheckpointError, match="not found"):
-        RTS.create(resnet, checkpoint=missing, rts_cfg=_cfg())
+        _rts(resnet, _cfg(), missing)
 
 
 def test_densenet_encoder_is_resnet_and_needs_its_weights(densenet, resnet, tmp_path):
@@ -214,12 +221,12 @@ def test_densenet_encoder_is_resnet_and_needs_its_weights(densenet, resnet, tmp_
     slim = {k: v for k, v in full.state_dict().items() if not k.startswith("encoder.")}
     save_checkpoint(tmp_path / "slim.pt", slim, {})
     with pytest.raises(CheckpointError, match="no encoder"):
-        RTS.create(densenet, checkpoint=tmp_path / "slim.pt", rts_cfg=_cfg())
+        _rts(densenet, _cfg(), tmp_path / "slim.pt")
     # with the encoder weights in the file, the untrained companion architecture takes them
     save_checkpoint(tmp_path / "full.pt", full.state_dict(), {})
     x = torch.rand(2, 3, 64, 64)
     y = torch.tensor([0, 1])
-    loaded = RTS.create(densenet, checkpoint=tmp_path / "full.pt", rts_cfg=_cfg())
+    loaded = _rts(densenet, _cfg(), tmp_path / "full.pt")
     assert torch.equal(loaded.explain(x, y), RTS(densenet, full).explain(x, y))
     # own-encoder masks differ in architecture from the resnet-encoder ones
     assert build_masker(densenet, _cfg(encoder="own")).encoder.tap_channels != full.encoder.tap_channels

@@ -4,8 +4,8 @@
 
 with each interpreter's lambda schedule. :class:`JointAttack` is the shared two-stage engine; the
 parametrisation (L-inf sign steps here, a StAdv flow field in :mod:`adv2core.attacks.stadv`) and the
-schedule are the only things subclasses choose. ``ADV2(model, interpreter, cfg)`` returns the subclass
-for the interpreter (Grad, CAM, RTS; MASK's bilevel attack lives in :mod:`adv2core.attacks.mask`).
+schedule are the only things subclasses choose. There is one subclass per interpreter (Grad, CAM, RTS;
+MASK's bilevel attack lives in :mod:`adv2core.attacks.mask`); :mod:`adv2core.attacks.registry` picks it.
 """
 
 from __future__ import annotations
@@ -163,16 +163,11 @@ class JointAttack(Attack):
 
 
 class ADV2(JointAttack):
-    """ADV^2 with L-inf sign steps (spec 2). ``ADV2(model, interpreter, cfg)`` dispatches on
-    ``interpreter.name`` to :class:`ADV2Grad`, :class:`ADV2CAM`, :class:`ADV2RTS` or
-    :class:`~adv2core.attacks.mask.ADV2Mask`."""
+    """ADV^2 with L-inf sign steps (spec 2): the base of :class:`ADV2Grad`, :class:`ADV2CAM`,
+    :class:`ADV2RTS` and :class:`~adv2core.attacks.mask.ADV2Mask`. The class for an interpreter comes from
+    :func:`adv2core.attacks.registry.attack_class` (``build_attack("adv2", model, interpreter)``)."""
 
     name = "adv2"
-
-    def __new__(cls, model: Any, interpreter: Interpreter | None = None, *args: Any, **kwargs: Any):
-        if cls is ADV2:
-            cls = adv2_class(interpreter.name if interpreter is not None else "")
-        return super().__new__(cls)
 
     def _param(self, x0: torch.Tensor, ids: list[str], stage: int) -> Param:
         cfg: Any = self.cfg
@@ -212,11 +207,3 @@ class ADV2RTS(ADV2CAM):
     config_cls = ADV2RTSConfig
     interpreters = ("rts",)
 
-
-def adv2_class(interpreter_name: str) -> type[ADV2]:
-    from adv2core.attacks.mask import ADV2Mask
-
-    table: dict[str, type[ADV2]] = {"grad": ADV2Grad, "cam": ADV2CAM, "rts": ADV2RTS, "mask": ADV2Mask}
-    if interpreter_name not in table:
-        raise ConfigError(f"ADV^2 has no procedure for interpreter {interpreter_name!r}; supported: {', '.join(table)}")
-    return table[interpreter_name]

@@ -12,11 +12,11 @@ one-line :class:`~adv2core.errors.ConfigError` through :func:`validate_config` /
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from adv2core.errors import ConfigError
+from adv2core.errors import ConfigError, validate_config
 from adv2core.loops import LoopCount, LoopCountOrZero
 
 Eps = Annotated[float, Field(gt=0, le=1, description="L-inf radius in [0,1] pixel units")]
@@ -247,36 +247,8 @@ class AttacksConfig(_Frozen):
 PAPER = AttacksConfig()
 
 # ----------------------------------------------------------------------------------------------------
-# Validation and presets
+# Presets (validation: adv2core.errors.validate_config, re-exported here)
 # ----------------------------------------------------------------------------------------------------
-M = TypeVar("M", bound=BaseModel)
-
-
-def _one_line(exc: ValidationError, what: str) -> ConfigError:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-    msg = err["msg"].replace("Value error, ", "")
-    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return ConfigError(f"invalid {what}: {loc}: {msg}{more}")
-
-
-def validate_config(cls: type[M], data: Any = None, /, **overrides: Any) -> M:
-    """Build ``cls`` from a mapping / instance plus keyword overrides; errors become one-line ConfigError."""
-    base: dict[str, Any]
-    if data is None:
-        base = {}
-    elif isinstance(data, BaseModel):
-        base = data.model_dump()
-    elif isinstance(data, dict):
-        base = dict(data)
-    else:
-        raise ConfigError(f"invalid {cls.__name__}: expected a mapping, got {type(data).__name__}")
-    try:
-        return cls.model_validate({**base, **overrides})
-    except ValidationError as exc:
-        raise _one_line(exc, cls.__name__) from None
-
-
 PRESETS = ("quick", "paper", "real")  # the shipped ones; adv2core.presets.names("attacks") lists all
 
 

@@ -6,16 +6,22 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from adv2core.attacks.adv2 import adv2_class
+from adv2core.attacks.adv2 import ADV2CAM, ADV2RTS, ADV2Grad
 from adv2core.attacks.base import Attack
 from adv2core.attacks.config import AttacksConfig, load_preset
+from adv2core.attacks.mask import ADV2Mask, StAdvADV2Mask
 from adv2core.attacks.pgd import PGD
-from adv2core.attacks.stadv import StAdv, stadv_adv2_class
+from adv2core.attacks.stadv import StAdv, StAdvADV2CAM, StAdvADV2Grad, StAdvADV2RTS
 from adv2core.errors import ConfigError
 from adv2core.interpreters.base import Interpreter
 from adv2core.models.classifier import Classifier
 
 ATTACK_NAMES = ("pgd", "adv2", "stadv", "stadv-adv2")
+#: The ADV^2 procedure of each interpreter, for the L-inf (``adv2``) and the flow (``stadv-adv2``) attack.
+_PER_INTERPRETER: dict[str, tuple[str, dict[str, type[Attack]]]] = {
+    "adv2": ("ADV^2", {"grad": ADV2Grad, "cam": ADV2CAM, "rts": ADV2RTS, "mask": ADV2Mask}),
+    "stadv-adv2": ("StAdv-ADV^2", {"grad": StAdvADV2Grad, "cam": StAdvADV2CAM, "rts": StAdvADV2RTS, "mask": StAdvADV2Mask}),
+}
 
 
 def attack_class(name: str, interpreter_name: str | None = None) -> type[Attack]:
@@ -24,10 +30,13 @@ def attack_class(name: str, interpreter_name: str | None = None) -> type[Attack]
         return PGD
     if name == "stadv":
         return StAdv
-    if name in ("adv2", "stadv-adv2"):
+    if name in _PER_INTERPRETER:
         if not interpreter_name:
             raise ConfigError(f"attack {name!r} needs an interpreter")
-        return adv2_class(interpreter_name) if name == "adv2" else stadv_adv2_class(interpreter_name)
+        label, table = _PER_INTERPRETER[name]
+        if interpreter_name not in table:
+            raise ConfigError(f"{label} has no procedure for interpreter {interpreter_name!r}; supported: {', '.join(table)}")
+        return table[interpreter_name]
     raise ConfigError(f"unknown attack {name!r}; choose one of: {', '.join(ATTACK_NAMES)}")
 
 

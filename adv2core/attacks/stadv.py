@@ -21,8 +21,6 @@ from adv2core.attacks.config import (
     StAdvADV2RTSConfig,
     StAdvConfig,
 )
-from adv2core.errors import ConfigError
-from adv2core.interpreters.base import Interpreter
 
 
 def _flow_param(cfg: Any, x0: torch.Tensor, ids: list[str], seed: int, lr: float | None = None, tau: float | None = None) -> FlowParam:
@@ -53,15 +51,10 @@ class StAdv(Attack):
 
 
 class StAdvADV2(JointAttack):
-    """StAdv-ADV^2: the flow parametrisation with each interpreter's schedule (spec 3.2 table).
-    ``StAdvADV2(model, interpreter, cfg)`` dispatches on ``interpreter.name``."""
+    """StAdv-ADV^2: the flow parametrisation with each interpreter's schedule (spec 3.2 table); the
+    subclass for an interpreter comes from :func:`adv2core.attacks.registry.attack_class`."""
 
     name = "stadv-adv2"
-
-    def __new__(cls, model: Any, interpreter: Interpreter | None = None, *args: Any, **kwargs: Any):
-        if cls is StAdvADV2:
-            cls = stadv_adv2_class(interpreter.name if interpreter is not None else "")
-        return super().__new__(cls)
 
     def _param(self, x0: torch.Tensor, ids: list[str], stage: int) -> Param:
         # Stage 2 continues from stage 1's flow (``init`` is only used by stage 1); every stage and
@@ -98,13 +91,3 @@ class StAdvADV2RTS(StAdvADV2CAM):
     config_cls = StAdvADV2RTSConfig
     interpreters = ("rts",)
 
-
-def stadv_adv2_class(interpreter_name: str) -> type[StAdvADV2]:
-    from adv2core.attacks.mask import StAdvADV2Mask
-
-    table: dict[str, type[StAdvADV2]] = {
-        "grad": StAdvADV2Grad, "cam": StAdvADV2CAM, "rts": StAdvADV2RTS, "mask": StAdvADV2Mask,
-    }
-    if interpreter_name not in table:
-        raise ConfigError(f"StAdv-ADV^2 has no procedure for interpreter {interpreter_name!r}; supported: {', '.join(table)}")
-    return table[interpreter_name]

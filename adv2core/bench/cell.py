@@ -115,17 +115,12 @@ def select_population(model: Classifier, batch: Batch, population: str) -> tuple
 def default_interpreter(
     name: str, model: Classifier, preset: AttacksConfig, *, data_cfg: Any = None, train_if_missing: bool = False
 ) -> Interpreter:
-    """Build interpreter ``name`` with the preset's interpreter configuration (RTS from its cache)."""
-    from adv2core.interpreters.config import default_preset, load_interpreter_config
-    from adv2core.interpreters.registry import build_interpreter
+    """Build interpreter ``name`` with the attack preset's interpreter preset (``interpreter_preset``; None:
+    the model's default) through :func:`adv2core.interpreters.registry.build_interpreter` (RTS from its cache)."""
+    from adv2core.interpreters.registry import build_interpreter, interpreter_spec
 
-    ipreset = preset.interpreter_preset or default_preset(model.name)
-    if name == "rts":
-        cfgs = load_interpreter_config(ipreset)
-        return build_interpreter("rts", model, rts_cfg=cfgs["rts"], data_cfg=data_cfg, train_if_missing=train_if_missing)
-    if name == "mask":
-        return build_interpreter("mask", model, cfg=load_interpreter_config(ipreset)["mask"])
-    return build_interpreter(name, model)
+    spec = interpreter_spec(name, preset.interpreter_preset, model.name)
+    return build_interpreter(spec, model, data_cfg=data_cfg, train_if_missing=train_if_missing)
 
 
 def make_target_maps(

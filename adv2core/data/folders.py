@@ -32,17 +32,12 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from adv2core.data.types import Batch, ImageError
-from adv2core.errors import ConfigError, DataError
+from adv2core.errors import ConfigError, DataError, one_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
 ISIC_CLASSES: tuple[str, ...] = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 NonRGB = Literal["convert", "error"]
 Preprocess = Literal["direct", "center"]
-
-
-def _one_line(exc: BaseException) -> str:
-    msg = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
 def _check_choice(name: str, value: str, valid: Sequence[str]) -> str:
@@ -68,7 +63,7 @@ def decode_rgb(path: Path, non_rgb: NonRGB = "convert") -> torch.Tensor | str:
     except FileNotFoundError:
         return "file not found"
     except Exception as exc:  # PIL raises OSError, UnidentifiedImageError, SyntaxError, ValueError ...
-        return _one_line(exc)
+        return one_line(exc)
 
 
 class _FileDataset:
@@ -107,7 +102,7 @@ class _FileDataset:
         try:
             return self._transform(out)
         except Exception as exc:  # e.g. a degenerate 0-pixel image
-            return ImageError(image_id, _one_line(exc), str(path))
+            return ImageError(image_id, one_line(exc), str(path))
 
     def load(self, indices: Sequence[int]) -> Batch:
         """Decode these images (a small thread pool when ``num_workers > 1``); failures go to errors."""

@@ -31,14 +31,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from adv2core.errors import ConfigError
 from adv2core.interpreters.base import Interpreter
-from adv2core.interpreters.config import MaskConfig, default_preset, load_interpreter_config
+from adv2core.interpreters.config import MaskConfig
 from adv2core.models.classifier import Classifier
 
 _M32 = 0xFFFFFFFF
-#: Options a caller may pass to every interpreter through the registry; MASK has no use for them.
-_OTHER_INTERPRETER_OPTS = {"data_cfg", "rts_cfg", "train_if_missing", "checkpoint", "confidence"}
 
 
 def fast_layout(x: torch.Tensor) -> torch.Tensor:
@@ -127,28 +124,11 @@ class MASK(Interpreter):
     name = "mask"
     iterative = True
 
-    def __init__(self, model: Classifier, cfg: MaskConfig | None = None, *, preset: str | None = None) -> None:
-        """``cfg`` defaults to the model's preset: ``quick`` for the embedded models, ``paper`` otherwise."""
+    def __init__(self, model: Classifier, cfg: MaskConfig) -> None:
+        """``cfg``: the solver settings (an interpreter preset's ``mask`` section; see
+        :func:`adv2core.interpreters.registry.interpreter_spec`)."""
         super().__init__(model)
-        if cfg is None:
-            cfg = load_interpreter_config(preset or default_preset(model.name))["mask"]  # type: ignore[assignment]
         self.cfg: MaskConfig = cfg
-
-    @classmethod
-    def create(
-        cls,
-        model: Classifier,
-        *,
-        cfg: MaskConfig | None = None,
-        mask_cfg: MaskConfig | None = None,
-        preset: str | None = None,
-        **others: object,
-    ) -> "MASK":
-        """Registry entry point (``mask_cfg`` is an alias of ``cfg``); RTS-only options are ignored."""
-        unknown = set(others) - _OTHER_INTERPRETER_OPTS
-        if unknown:
-            raise ConfigError(f"unknown MASK option(s): {', '.join(sorted(unknown))}")
-        return cls(model, cfg if cfg is not None else mask_cfg, preset=preset)
 
     def map_size(self, input_size: int | None = None) -> int:
         return (input_size or self.model.input_size) // self.cfg.mask_divisor

@@ -18,7 +18,6 @@ from adv2core.metrics.maps import (
     rank_pixels,
     topk_count,
     topk_mask,
-    transfer_entry,
 )
 from adv2core.metrics.quantize import (
     apply_int16_perturbation,
@@ -51,6 +50,5 @@ __all__ = [
     "to_uint8",
     "topk_count",
     "topk_mask",
-    "transfer_entry",
     "wilson_interval",
 ]

@@ -16,7 +16,7 @@ Conventions
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -155,24 +155,3 @@ def localization_iou(saliency: torch.Tensor, gt_mask: torch.Tensor) -> torch.Ten
     inter = (top & cells).sum(dim=1)
     out = inter.to(torch.float32) / (2 * k - inter).to(torch.float32)
     return out.masked_fill(nan_s | ~usable, math.nan)
-
-
-# ----------------------------------------------------------------------------------------------
-# Transferability
-# ----------------------------------------------------------------------------------------------
-def transfer_entry(
-    map_adv_j: torch.Tensor,
-    map_benign_j: torch.Tensor,
-    saliency_fn: Callable[[torch.Tensor], torch.Tensor],
-    ks: Sequence[float] = DEFAULT_KS,
-) -> dict[str, torch.Tensor]:
-    """Per-sample (i, j) transfer entry: interpreter j's map of x*_i (crafted against i) vs j's benign map.
-
-    L1/L2 on the maps, IoU on ``saliency_fn`` (pass ``interpreter_j.saliency``). Aggregate over the
-    images successful under i (:func:`adv2core.metrics.stats.summarize`).
-    """
-    return {
-        "l1": l1_distance(map_adv_j, map_benign_j),
-        "l2": l2_distance(map_adv_j, map_benign_j),
-        "iou_mean": iou_mean(saliency_fn(map_adv_j), saliency_fn(map_benign_j), ks),
-    }

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.overrides import TorchFunctionMode
 
 DEFAULT_TAU = 1e-4
@@ -127,20 +126,3 @@ class SmoothReLUMode(TorchFunctionMode):
             return _SmoothLeakyReLU.apply(args[0], float(_arg(args, kwargs, 1, "negative_slope", 0.01)), self.tau)
         return func(*args, **kwargs)
 
-
-class SurrogateTwin(nn.Module):
-    """The model run under :class:`SmoothReLUMode`: same weights, same forward values, smooth backward."""
-
-    def __init__(self, model: nn.Module, tau: float = DEFAULT_TAU) -> None:
-        super().__init__()
-        self.model = model
-        self.tau = tau
-
-    def forward(self, *args, **kwargs):
-        with SmoothReLUMode(self.tau):
-            return self.model(*args, **kwargs)
-
-    def call(self, fn, *args, **kwargs):
-        """Run any callable (e.g. ``model.features_normalized``) under the surrogate."""
-        with SmoothReLUMode(self.tau):
-            return fn(*args, **kwargs)

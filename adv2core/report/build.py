@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from adv2core.errors import Adv2Error
+from adv2core.errors import ReportError  # noqa: F401 (re-export)
 from adv2core.report import plots
 from adv2core.report.marks import apply_marks, marks_from_run
 from adv2core.report.population import population_table
@@ -29,6 +29,7 @@ from adv2core.report.tables import (
     success_table,
     transfer_table,
 )
+from adv2core.store.query import resolve_run
 
 LoadImages = Callable[[Sequence[str]], Any]  # image ids -> Tensor [N, C, H, W] in [0, 1]
 
@@ -44,10 +45,6 @@ TABLE_FILES = {
     "shape": "table7_shape_check",
 }
 GRID_IMAGES = 4  # images per sample grid
-
-
-class ReportError(Adv2Error):
-    """A report cannot be built (unknown run id, no runs in the results root)."""
 
 
 @dataclass
@@ -70,27 +67,6 @@ class ReportResult:
     def markdown(self, keys: Sequence[str] | None = None) -> dict[str, str]:
         """Markdown of each table (all, or ``keys``), by table key."""
         return {k: t.markdown() for k, t in self.tables.items() if keys is None or k in keys}
-
-
-# ----------------------------------------------------------------------------- run resolution
-def _run_rows(con: Any) -> list[dict[str, Any]]:
-    cur = con.execute("SELECT * FROM runs ORDER BY started_at DESC, run_id DESC")
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
-
-
-def resolve_run(con: Any, run_id: str, root: Path) -> dict[str, Any]:
-    """The run row for ``run_id``, or the most recently started one for ``'latest'``."""
-    runs = _run_rows(con)
-    if not runs:
-        raise ReportError(f"no runs in results root {root}: start one with `adv2 run` or pass --results")
-    if run_id == "latest":
-        return runs[0]
-    for r in runs:
-        if r["run_id"] == run_id:
-            return r
-    known = ", ".join(r["run_id"] for r in runs[:5]) + (", ..." if len(runs) > 5 else "")
-    raise ReportError(f"unknown run id {run_id!r} in {root} (recent: {known}; see `adv2 runs`)")
 
 
 # ----------------------------------------------------------------------------- report.md
@@ -197,7 +173,7 @@ def build_report(
     root = Path(results_root).expanduser()
     con = connect(root)
     try:
-        run = resolve_run(con, run_id, root)
+        run = resolve_run(root, run_id, con)
         rid, chash = str(run["run_id"]), str(run["config_hash"])
         builders = {
             "population": population_table, "success": success_table, "distances": distance_table, "iou": iou_table,

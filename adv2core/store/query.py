@@ -21,6 +21,7 @@ from typing import Any, Iterator, Sequence
 import duckdb
 import pyarrow as pa
 
+from adv2core.errors import ReportError
 from adv2core.store.errors import QueryError, SqlRefused, StoreError
 from adv2core.store.layout import TABLE_DIRS
 from adv2core.store.schemas import SCHEMAS
@@ -273,3 +274,32 @@ def _run_once(root: Path, queries: list[str], params: Sequence[Any] | dict[str, 
         raise QueryError(_first_line(exc)) from None
     finally:
         con.close()
+
+
+# ---------------------------------------------------------------------------------------- runs
+def _run_rows(con: Any) -> list[dict[str, Any]]:
+    cur = con.execute("SELECT * FROM runs ORDER BY started_at DESC, run_id DESC")
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def resolve_run(root: str | Path, run_id: str, con: Any = None) -> dict[str, Any]:
+    """The ``runs`` row of ``run_id`` in results root ``root``, or the most recently started run for
+    ``'latest'``; :class:`~adv2core.errors.ReportError` (one line) when there is none. ``con``: an open
+    :func:`connect` connection to ``root`` (default: a connection of its own)."""
+    if con is None:
+        own = connect(root)
+        try:
+            return resolve_run(root, run_id, own)
+        finally:
+            own.close()
+    runs = _run_rows(con)
+    if not runs:
+        raise ReportError(f"no runs in results root {root}: start one with `adv2 run` or pass --results")
+    if run_id == "latest":
+        return runs[0]
+    for r in runs:
+        if r["run_id"] == run_id:
+            return r
+    known = ", ".join(r["run_id"] for r in runs[:5]) + (", ..." if len(runs) > 5 else "")
+    raise ReportError(f"unknown run id {run_id!r} in {root} (recent: {known}; see `adv2 runs`)")

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from adv2core.errors import one_line
 from adv2core.store import layout
 from adv2core.store.arrays import npz_bytes
 from adv2core.store.errors import StoreError
@@ -36,11 +37,6 @@ from adv2core.store.layout import ShardUnit
 from adv2core.store.schemas import SCHEMA_VERSION, conform_table, table_from_rows
 
 COMPRESSION = "zstd"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def _fsync_dir(d: Path) -> None:
@@ -105,7 +101,7 @@ class ResultStore:
             os.close(fd)
             probe.unlink()
         except OSError as exc:
-            raise StoreError(f"results root {self.root} is not writable ({_one_line(exc)})") from None
+            raise StoreError(f"results root {self.root} is not writable ({one_line(exc, typed=False)})") from None
         self.root = self.root.resolve()
 
     # ------------------------------------------------------------------ shards
@@ -174,7 +170,7 @@ class ResultStore:
         except (OSError, pa.ArrowException) as exc:
             self._rollback(targets)
             raise StoreError(f"writing {unit.shard_name} of {unit.model}/{unit.interpreter}/{unit.attack} "
-                             f"failed: {_one_line(exc)}") from None
+                             f"failed: {one_line(exc, typed=False)}") from None
         return row
 
     @staticmethod
@@ -313,7 +309,7 @@ class ResultStore:
         try:
             atomic_write_bytes(path, parquet_bytes(table))
         except OSError as exc:
-            raise StoreError(f"writing run {row['run_id']} failed: {_one_line(exc)}") from None
+            raise StoreError(f"writing run {row['run_id']} failed: {one_line(exc, typed=False)}") from None
         return path
 
     # ------------------------------------------------------------------ maintenance
