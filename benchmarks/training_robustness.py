@@ -77,17 +77,24 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=1, help="trainings at once (each with its own thread count)")
     ap.add_argument("--out", type=Path, default=None, help="Markdown report (default: print only)")
     ap.add_argument("--from-log", type=Path, default=None, help="render the JSON rows an earlier run printed")
+    ap.add_argument("--done", type=Path, action="append", default=[],
+                    help="log of an earlier (interrupted) run: its cells are not retrained, its rows are reported")
+    ap.add_argument("--root", action="append", default=[], metavar="THREADS=PATH",
+                    help="reuse this data root for a thread count (e.g. the one an interrupted run trained in)")
+    ap.add_argument("--rts-first", action="store_true",
+                    help="train seed 0 and the RTS maskers before the other seeds (a short budget gets both halves)")
     args = ap.parse_args()
 
     t_start = time.perf_counter()
     rows, rts_rows = [], []
     if args.from_log is not None:  # render what an earlier (possibly interrupted) run printed
-        for line in args.from_log.read_text().splitlines():
-            if line.startswith("{") and '"kind"' in line:
-                r = json.loads(line)
-                (rows if r.pop("kind") == "classifier" else rts_rows).append(r)
+        rows, rts_rows = _read_log([args.from_log])
         return _render(args, rows, rts_rows, None, partial=True)
-    roots = {t: Path(tempfile.mkdtemp(prefix=f"adv2-robust-t{t}-")) for t in args.threads}
+    done_rows, done_rts = _read_log(args.done)
+    done = {("classifier", r["model"], r["seed"], r["threads"]) for r in done_rows if "acc" in r}
+    done |= {("rts", r["model"], r["seed"], r["threads"]) for r in done_rts if "true" in r}
+    given = {int(t): Path(p) for t, p in (item.split("=", 1) for item in args.root)}
+    roots = {t: given.get(t) or Path(tempfile.mkdtemp(prefix=f"adv2-robust-t{t}-")) for t in args.threads}
     from concurrent.futures import ThreadPoolExecutor
 
     def job(kind: str, model: str, seed: int, threads: int) -> dict:
@@ -97,19 +104,49 @@ def main() -> int:
 
     # the resnet-mini of each root first: densenet-mini's RTS encoder is the default resnet-mini
     order = sorted(args.models, key=lambda m: m != "resnet-mini")
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futs = [pool.submit(job, "classifier", m, s, t) for t in args.threads for m in order for s in args.seeds]
-        rows = [f.result() for f in futs]
-        if not args.no_rts:
-            threads = max(args.threads)
-            futs = [pool.submit(job, "rts", m, s, threads) for m in order for s in args.rts_seeds]
-            rts_rows = [f.result() for f in futs]
+    threads = max(args.threads)
+    clf = [("classifier", m, s, t) for t in args.threads for m in order for s in args.seeds]
+    rts = [] if args.no_rts else [("rts", m, s, threads) for m in order for s in args.rts_seeds]
+    if args.rts_first:  # the RTS jobs need the seed-0 classifiers of their root: those go first
+        first = [c for c in clf if c[2] == 0 and c[3] == threads]
+        plan = first + rts + [c for c in clf if c not in first]
+    else:
+        plan = clf + rts
+    first_futs: list = []
 
-    return _render(args, rows, rts_rows, time.perf_counter() - t_start)
+    def job_after_first(*spec):  # an RTS job waits for the seed-0 classifiers it loads, not retraining them
+        for f in first_futs:
+            f.result()
+        return job(*spec)
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futs = []
+        for spec in plan:
+            if spec in done:
+                continue
+            f = pool.submit(job_after_first if spec[0] == "rts" else job, *spec)
+            if spec[0] == "classifier" and spec[2] == 0 and spec[3] == threads:
+                first_futs.append(f)
+            futs.append((spec, f))
+        for spec, f in futs:
+            (rows if spec[0] == "classifier" else rts_rows).append(f.result())
+    return _render(args, done_rows + rows, done_rts + rts_rows, time.perf_counter() - t_start,
+                   partial="combined" if args.done else False)
+
+
+def _read_log(paths: list[Path]) -> tuple[list[dict], list[dict]]:
+    rows: list[dict] = []
+    rts_rows: list[dict] = []
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if line.startswith("{") and '"kind"' in line:
+                r = json.loads(line)
+                (rows if r.pop("kind") == "classifier" else rts_rows).append(r)
+    return rows, rts_rows
 
 
 def _render(args: argparse.Namespace, rows: list[dict], rts_rows: list[dict], seconds: float | None,
-            partial: bool = False) -> int:
+            partial: bool | str = False) -> int:
     ok_acc = all("acc" in r and r["acc"] >= ACC_BAR for r in rows)
     ok_rts = all("true" in r and r["true"] >= RTS_TRUE_BAR and r["true"] - r["wrong"] >= RTS_GAP_BAR for r in rts_rows)
     lines = [
@@ -118,11 +155,14 @@ def _render(args: argparse.Namespace, rows: list[dict], rts_rows: list[dict], se
         f"Generated by `python benchmarks/training_robustness.py` on {datetime.now(timezone.utc):%Y-%m-%d} "
         f"({machine_line()}), every training from an empty data root "
         f"per thread count" + (f"; total {seconds:.0f} s" if seconds is not None else "") + ". Do not edit by hand."
-        + (" **Partial**: rendered (`--from-log`) from the rows an interrupted run had finished; the missing "
-           "cells of the matrix were not measured." if partial else ""),
+        + {False: "",
+           True: " **Partial**: rendered (`--from-log`) from the rows an interrupted run had finished; the "
+                 "missing cells of the matrix were not measured.",
+           "combined": " Rows of an earlier, interrupted run of the same code (`--done`) are combined with this "
+                       "run's; cells marked 'not run' were not measured by either."}[partial],
         "",
         f"## Classifiers (`adv2 train` default recipe): test accuracy, bar >= {ACC_BAR}: "
-        f"**{'PASS' if ok_acc else 'FAIL'}{' on the measured cells only' if partial else ''}**",
+        f"**{'PASS' if ok_acc else 'FAIL'}{' on the measured cells' if partial else ''}**",
         "",
         "Cells: test accuracy (steps at the constant learning rate before the anneal started: the loss "
         "sits at chance, then learning, until its running mean is below 0.35).",
