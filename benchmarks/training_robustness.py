@@ -112,11 +112,13 @@ def main() -> int:
         plan = first + rts + [c for c in clf if c not in first]
     else:
         plan = clf + rts
-    first_futs: list = []
+    first_futs: dict[str, object] = {}
 
     def job_after_first(*spec):  # an RTS job waits for the seed-0 classifiers it loads, not retraining them
-        for f in first_futs:
-            f.result()
+        needs = {spec[1], "resnet-mini"}  # densenet-mini's masker uses the resnet-mini encoder
+        for m in needs:
+            if m in first_futs:
+                first_futs[m].result()  # type: ignore[attr-defined]
         return job(*spec)
 
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -126,7 +128,7 @@ def main() -> int:
                 continue
             f = pool.submit(job_after_first if spec[0] == "rts" else job, *spec)
             if spec[0] == "classifier" and spec[2] == 0 and spec[3] == threads:
-                first_futs.append(f)
+                first_futs[spec[1]] = f
             futs.append((spec, f))
         for spec, f in futs:
             (rows if spec[0] == "classifier" else rts_rows).append(f.result())
