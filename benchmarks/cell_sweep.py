@@ -47,14 +47,14 @@ def _loc_sweep(model, model_name: str, batch, variants: list[dict], common: dict
     """Benign true-class localisation of MASK under interpreter-config variants (no attacks)."""
     from adv2core.interpreters.config import load_interpreter_config
     from adv2core.metrics.maps import localization_iou
-    from adv2core.interpreters.registry import build_interpreter
+    from adv2core.interpreters.registry import build_interpreter, interpreter_spec
 
     base = load_interpreter_config("quick")["mask"].model_copy(update=common)
     y = batch.labels.long()
     wrong = (y + 1) % model.num_classes
     for v in variants:
         t0 = time.perf_counter()
-        interp = build_interpreter("mask", model, cfg=base.model_copy(update=v))
+        interp = build_interpreter(interpreter_spec("mask", config=base.model_copy(update=v)), model)
         loc = localization_iou(interp.saliency(interp.explain(batch.images, y, ids=list(batch.ids))), batch.masks)
         loc_w = localization_iou(interp.saliency(interp.explain(batch.images, wrong, ids=list(batch.ids))), batch.masks)
         print(json.dumps({"model": model_name, "mask_cfg": v, "loc_true": loc.mean().item(), "loc_wrong": loc_w.mean().item(),
@@ -100,9 +100,10 @@ def main() -> int:
         for interp_name in args.interpreters:
             interp = default_interpreter(interp_name, model, base, train_if_missing=True)
             if interp_name == "mask" and args.mask_cfg != "{}":
-                from adv2core.interpreters.registry import build_interpreter
+                from adv2core.interpreters.registry import build_interpreter, interpreter_spec
 
-                interp = build_interpreter("mask", model, cfg=interp.cfg.model_copy(update=json.loads(args.mask_cfg)))
+                cfg = interp.cfg.model_copy(update=json.loads(args.mask_cfg))
+                interp = build_interpreter(interpreter_spec("mask", config=cfg), model)
             benign = interp.explain(batch.images, batch.labels.long(), ids=list(batch.ids))
             pgd = summarise(run_cell(model_name, interp_name, "pgd", batch, base, seed=args.seed, device=dev,
                                      model=model, interpreter=interp, benign_maps=benign).rows)
