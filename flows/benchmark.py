@@ -205,11 +205,12 @@ class PrefectEngine:
             yield from as_completed(futs)
 
     def outcome(self, fut: Any) -> tuple[bool, Any]:
+        """(ok, value or exception) of a finished task. A BaseException that is not an Exception (Ctrl-C,
+        SIGTERM as Prefect's TerminationSignal, SystemExit) propagates: when the signal lands while a task
+        runs, its future carries the signal, and that interrupts the run; it is not a failed shard."""
         try:
             return True, fut.result()
-        except BaseException as exc:  # a failed task re-raises its exception here
-            if isinstance(exc, KeyboardInterrupt):
-                raise
+        except Exception as exc:  # a failed task re-raises its exception here
             return False, exc
 
     def call(self, task: Any, *args: Any) -> Any:

@@ -84,3 +84,26 @@ def test_cli_run_resume_runs_sql_report(prefect_env, tmp_path):
     assert rep["run_id"] == runs[-1]["run_id"] and Path(rep["report"]).is_file()
     missing = _adv2(prefect_env, "report", "--run", "nope", "--results", str(res), check=False)
     assert missing.returncode == 2 and "nope" in missing.stderr
+
+
+def test_a_signal_carried_by_a_task_future_interrupts_the_run():
+    """When SIGTERM lands while a shard task runs, Prefect stores TerminationSignal in its future. That is
+    the run being interrupted (exit 130, status `interrupted`), not a failed shard (exit 1): the engine
+    re-raises it, while an ordinary task exception is returned as a failure."""
+    from prefect.exceptions import TerminationSignal
+
+    from flows.benchmark import PrefectEngine
+
+    class Fut:
+        def __init__(self, exc: BaseException) -> None:
+            self.exc = exc
+
+        def result(self):
+            raise self.exc
+
+    engine = PrefectEngine.__new__(PrefectEngine)
+    ok, exc = engine.outcome(Fut(RuntimeError("boom")))
+    assert not ok and isinstance(exc, RuntimeError)
+    for signal_exc in (TerminationSignal(signal=15), KeyboardInterrupt()):
+        with pytest.raises(type(signal_exc)):
+            engine.outcome(Fut(signal_exc))
