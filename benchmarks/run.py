@@ -32,6 +32,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import machine_line  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -110,48 +112,6 @@ def bench_maps(device: str, batch: int, repeats: int, mask_iters: int) -> list[t
     return rows
 
 
-def bench_attacks(device: str, batch: int, steps: int) -> list[tuple[str, str, str]]:
-    """Seconds per attack step per image at quick settings, all step counts capped to ``steps``."""
-    from adv2core.attacks.config import load_preset
-    from adv2core.attacks.registry import build_attack
-    from adv2core.interpreters import CAM, Grad
-    from adv2core.interpreters.config import load_interpreter_config
-    from adv2core.interpreters.mask import MASK
-    from adv2core.interpreters.rts import RTS
-    from adv2core.interpreters.rts_model import build_masker
-
-    from adv2core.config import cap_steps  # the pipeline's step cap, so the benchmark matches smoke runs
-
-    rows = []
-    preset = load_preset("quick")
-    capped = type(preset).model_validate(cap_steps(preset.model_dump(), steps))
-    cfgs = load_interpreter_config("quick")
-    m = _mini("resnet-mini", device)
-    x = torch.rand(batch, 3, 64, 64, device=device)
-    interps = {
-        "grad": Grad(m),
-        "cam": CAM(m),
-        "rts": RTS(m, build_masker(m, cfgs["rts"]).to(device).eval()),
-        "mask": MASK(m, cfgs["mask"].model_copy(update={"iterations": min(steps, cfgs["mask"].iterations)})),
-    }
-    target = torch.randint(0, 8, (batch,), device=device)
-    ids = [f"b{i}" for i in range(batch)]
-    for attack_name, names in (("pgd", ["cam"]), ("adv2", list(interps)), ("stadv", ["cam"]), ("stadv-adv2", ["cam"])):
-        for iname in names:
-            atk = build_attack(attack_name, m, interps[iname], capped, seed=0)
-            tmap = interps[iname].explain(x, target, ids=ids)
-            _sync(device)
-            t0 = time.perf_counter()
-            res = atk(x, target, target_map=tmap, ids=ids)
-            _sync(device)
-            dt = time.perf_counter() - t0
-            total_steps = float(res.steps.float().mean().item()) or 1.0
-            label = attack_name if attack_name in ("pgd", "stadv") else f"{attack_name} / {iname}"
-            rows.append(("resnet-mini", f"{label}: {total_steps:.0f} steps, batch {batch}",
-                         f"{dt:.2f} s ({dt / total_steps / batch * 1000:.2f} ms per step per image)"))
-    return rows
-
-
 def bench_store(n_shards: int, rows_per_shard: int) -> list[tuple[str, str, str]]:
     import numpy as np
 
@@ -185,47 +145,101 @@ def bench_store(n_shards: int, rows_per_shard: int) -> list[tuple[str, str, str]
     return out
 
 
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _gpu_note(device: str) -> list[str]:
+    if device.startswith("cuda"):
+        return [f"Measured on {torch.cuda.get_device_name()}: the tables above are the GPU figures."]
+    return ["No GPU was available to this run: the tables above are CPU figures. On a GPU host run "
+            "`python benchmarks/run.py --device cuda --out BENCHMARKS-gpu.md`: the same script measures "
+            "s/image, efficiency and the paper projection on that GPU (the device tool of the development "
+            "sessions had no GPU time left when this report was generated)."]
+
+
 def main(argv: list[str] | None = None) -> int:
+    import perf_attacks as pa
+    import perf_pipeline as pp
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--attack-steps", type=int, default=10)
+    ap.add_argument("--cap", type=int, default=5, help="step cap of the efficiency runs (every loop count)")
+    ap.add_argument("--effnet-cap", type=int, default=2, help="step cap for efficientnet-lite0 at 224 px")
+    ap.add_argument("--loop-images", type=int, default=4, help="images run one at a time for the loop shape")
     ap.add_argument("--mask-iters", type=int, default=50)
+    ap.add_argument("--duckdb-rows", type=int, default=1_000_000)
     ap.add_argument("--shards", type=int, default=200)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs (tests)")
+    ap.add_argument("--skip", action="append", default=[], help="section to skip (repeatable): "
+                    "efficiency, loop, cost, projection, pipeline, duckdb")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.batch, args.repeats, args.attack_steps, args.mask_iters, args.shards = 2, 1, 2, 2, 3
+        args.batch, args.repeats, args.cap, args.effnet_cap, args.loop_images = 2, 1, 1, 1, 1
+        args.mask_iters, args.shards, args.duckdb_rows = 2, 3, 10_000
+    t_start = time.perf_counter()
 
-    sections = {
-        "Classifier passes": lambda: bench_passes(args.device, args.batch, args.repeats),
-        "Interpreter maps": lambda: bench_maps(args.device, args.batch, args.repeats, args.mask_iters),
-        "Attack steps (quick preset, capped)": lambda: bench_attacks(args.device, min(args.batch, 16), args.attack_steps),
-        "Results store": lambda: bench_store(args.shards, 32),
-    }
+    def progress(msg: str) -> None:
+        print(f"[bench {time.perf_counter() - t_start:6.0f} s] {msg}", file=sys.stderr, flush=True)
+
     lines = [
         "# BENCHMARKS",
         "",
-        f"Generated by `make bench` (`benchmarks/run.py`) on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}. Do not edit by hand.",
+        f"Generated by `make bench` (`benchmarks/run.py`) on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}. "
+        "Do not edit by hand.",
         "",
-        f"* machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or platform.platform()}",
+        f"* machine: {machine_line()}",
         f"* device: {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""),
         f"* torch {torch.__version__}, python {platform.python_version()}",
-        "* models have random weights: cost does not depend on them. Medians of repeats after one warm-up.",
+        "* embedded models have random weights (cost does not depend on them); efficientnet-lite0 has its "
+        "packaged ImageNet weights. Medians of repeats after one warm-up.",
         "",
     ]
-    for title, fn in sections.items():
-        print(f"[bench] {title} ...", file=sys.stderr, flush=True)
-        lines += [f"## {title}", "", "| model | what | time |", "|---|---|---|"]
-        lines += [f"| {a} | {b} | {c} |" for a, b, c in fn()]
-        lines.append("")
+    progress("classifier passes")
+    lines += ["## Classifier passes", "", *_table(("model", "what", "time"), bench_passes(args.device, args.batch, args.repeats)), ""]
+    progress("interpreter maps")
+    lines += ["## Interpreter maps", "",
+              *_table(("model", "what", "time"), bench_maps(args.device, args.batch, args.repeats, args.mask_iters)), ""]
+
+    eff_rows: list[dict] = []
+    if "efficiency" not in args.skip:
+        models = {"resnet-mini": args.batch, "densenet-mini": args.batch}
+        table, eff_rows = pa.bench_efficiency(models, args.cap, args.device, progress)
+        eff_224, rows_224 = pa.bench_efficiency_official(["efficientnet-lite0"], args.effnet_cap, args.device,
+                                                         progress, smoke=args.smoke)
+        eff_rows += rows_224
+        lines += ["## Attack efficiency against the pass-count floor", "", pa.EFFICIENCY_METHOD, "",
+                  f"Embedded models at 64 px, batch {args.batch}, every loop count capped at {args.cap}:", "",
+                  *table, "",
+                  f"efficientnet-lite0 at 224 px, at the official batch size of each interpreter (spec 7.3; this "
+                  f"column is also the memory at the paper batch sizes), loop counts capped at {args.effnet_cap}:",
+                  "", *eff_224, "", "### Where the time goes in the cells that miss", "",
+                  *pa.bench_profiles(eff_rows, args.device, progress), ""]
+    if "loop" not in args.skip and eff_rows:
+        lines += ["## Versus the authors' loop shape", "", pa.LOOP_METHOD, "",
+                  *pa.bench_loop_shape("resnet-mini", args.cap, args.loop_images, args.device, eff_rows, progress), ""]
+    if "cost" not in args.skip and eff_rows and not args.smoke:
+        for m in ("resnet-mini", "densenet-mini"):
+            lines += [f"## Cost per cell of the quick preset: {m}", "", pa.COST_METHOD, "",
+                      *pa.bench_cell_cost(m, eff_rows, args.device, progress), ""]
+    if "projection" not in args.skip and not args.smoke:
+        lines += ["## Projected wall time of the paper preset", "", *pa.bench_paper_projection(args.device, progress), ""]
+    if "pipeline" not in args.skip:
+        progress("pipeline overhead")
+        lines += [*pp.bench_pipeline(smoke=args.smoke), ""]
+    if "duckdb" not in args.skip:
+        progress("duckdb")
+        lines += [*pp.bench_duckdb(rows=args.duckdb_rows, smoke=args.smoke), ""]
+    progress("results store")
+    lines += ["## Results store writes", "", *_table(("what", "measured", "time"), bench_store(args.shards, 32)), ""]
+    lines += ["## GPU", "", *_gpu_note(args.device), ""]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    lines += ["## Memory", "", f"Peak resident set size of the benchmark process: {peak:.0f} MiB."]
-    if args.device.startswith("cuda"):
-        lines.append(f"Peak CUDA memory allocated: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB.")
-    lines.append("")
+    lines += ["## Memory", "", "Per-attack peaks are in the efficiency tables (each cell measured in its own "
+              f"process). Peak resident set size of the parent benchmark process: {peak:.0f} MiB.", "",
+              f"Total benchmark wall time: {(time.perf_counter() - t_start) / 60:.1f} min.", ""]
     args.out.write_text("\n".join(lines))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -81,6 +81,26 @@ def test_shape_range_and_gradient(which, request, test_batch, resnet):
     assert not any(p.requires_grad for p in rts.masker.parameters())
 
 
+def test_fused_map_and_extra_loss_equal_the_separate_ones(densenet, resnet, test_batch):
+    """ADV^2-RTS takes the mask and the encoder-head CE from one encoder pass; values and gradients equal
+    those of the two separate calls (which run the encoder twice)."""
+    from adv2core.passes import PassCounter
+
+    rts = RTS(densenet, build_masker(densenet, _cfg(), resnet), confidence=6.0)
+    x, y = test_batch.images[:3], test_batch.labels[:3]
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    with PassCounter() as fused:
+        m, extra = rts.map_and_extra_loss(xa, y)
+    with PassCounter() as separate:
+        m2, extra2 = rts.differentiable_map(xb, y), rts.extra_attack_loss(xb, y)
+    torch.testing.assert_close(m, m2)
+    torch.testing.assert_close(extra, extra2)
+    (ga,) = torch.autograd.grad((m.square().sum() + extra.sum()), xa)
+    (gb,) = torch.autograd.grad((m2.square().sum() + extra2.sum()), xb)
+    torch.testing.assert_close(ga, gb, atol=1e-6, rtol=1e-5)
+    assert fused.flops < separate.flops  # the encoder ran once
+
+
 def test_resnet50_masker_geometry():
     from adv2core.models.torchvision_models import resnet50
 

@@ -108,13 +108,21 @@ class JointAttack(Attack):
         interp = self.interpreter
         assert interp is not None
 
+        fused_extra = getattr(interp, "map_and_extra_loss", None) if extra_w > 0 else None
+
         def obj(x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-            m, logits = iloss.map_and_logits(x, target)
+            extra = None
+            if fused_extra is not None:  # map and extra term from one pass of the interpreter's network
+                m, extra = fused_extra(x, target)
+                logits = None
+            else:
+                m, logits = iloss.map_and_logits(x, target)
             if logits is None:
                 logits = self.model(x)
             loss = ce_w * cross_entropy(logits, target, ls) + lam(i) * iloss.distance(m)
             if extra_w > 0:
-                extra = interp.extra_attack_loss(x, target)
+                if extra is None:
+                    extra = interp.extra_attack_loss(x, target)
                 if extra is None:
                     raise ConfigError(f"interpreter {interp.name!r} has no extra attack loss (set extra_weight: 0)")
                 loss = loss + extra_w * extra

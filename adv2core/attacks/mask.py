@@ -137,9 +137,10 @@ class ADV2Mask(_Bilevel, ADV2):
             active = status.check(margin.detach(), g)
             x = where_n(active, proj(x - cfg.pred_step * _unit(torch.nan_to_num(g))), x).detach()
             # inner solver: plain steps, then unrolled steps whose distance to m_t is l_int
-            state = interp.plain_steps(x, target, state, cfg.inner_plain)
             xr = x.detach().requires_grad_(True)
-            state, lint = interp.unrolled_steps(xr, target, state, cfg.inner_unrolled, target_map)
+            z = interp.prepare(xr)  # once per iteration, shared by the plain and the unrolled steps
+            state = interp.plain_steps(x, target, state, cfg.inner_plain, z=z)
+            state, lint = interp.unrolled_steps(xr, target, state, cfg.inner_unrolled, target_map, z=z)
             (d,) = torch.autograd.grad(lint.sum(), xr)
             active = status.check(lint.detach(), d)
             d = _unit(torch.nan_to_num(d))
@@ -213,10 +214,11 @@ class StAdvADV2Mask(_Bilevel, StAdvADV2):
             x = warp(x0, flow).detach()
             if i % cfg.resolve_every == cfg.resolve_every - 1:
                 state = self._resolve(x, target, ids, state, snaps, status, cfg.stage1_steps + i, cfg.resolve_quantize, inner)
-            state = inner.plain_steps(x, target, state, cfg.inner_plain)
             fr = flow.detach().requires_grad_(True)
-            xf = warp(x0, fr)
-            state, lint = inner.unrolled_steps(xf, target, state, cfg.inner_unrolled, target_map)
+            xf = warp(x0, fr)  # equals x; carries the graph to the flow
+            z = inner.prepare(xf)  # once per iteration, shared by the plain and the unrolled steps
+            state = inner.plain_steps(x, target, state, cfg.inner_plain, z=z)
+            state, lint = inner.unrolled_steps(xf, target, state, cfg.inner_unrolled, target_map, z=z)
             loss = cfg.int_weight * lint + cw_margin(self.model(xf), target, cfg.margin_clip) + flow_w * flow_loss(fr, cfg.neighbourhood)
             (g,) = torch.autograd.grad(loss.sum(), fr)
             active = status.check(loss.detach(), g)

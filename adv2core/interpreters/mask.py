@@ -214,11 +214,16 @@ class MASK(Interpreter):
         m = (m - step_size * exp_avg / denom).clamp(0.0, 1.0)
         return m, exp_avg, exp_avg_sq, step
 
-    def plain_steps(self, x: torch.Tensor, target: torch.Tensor, state: MaskState, k: int) -> MaskState:
-        """k Adam steps on m for fixed ``x`` (no graph to ``x``); a new jitter per step."""
+    def plain_steps(
+        self, x: torch.Tensor, target: torch.Tensor, state: MaskState, k: int, z: torch.Tensor | None = None
+    ) -> MaskState:
+        """k Adam steps on m for fixed ``x`` (no graph to ``x``); a new jitter per step. ``z``:
+        :meth:`prepare` of ``x`` when the caller has it already (an attack step shares one)."""
         size = x.shape[-1]
-        with torch.no_grad():
-            z = self.prepare(x.detach())
+        if z is None:
+            with torch.no_grad():
+                z = self.prepare(x.detach())
+        z = z.detach()
         offs = jitter_offsets(state.keys, state.draws, k, self.cfg.jitter)
         m, ea, eas, step = state.m.detach(), state.exp_avg.detach(), state.exp_avg_sq.detach(), state.step
         with torch.enable_grad():
@@ -231,7 +236,8 @@ class MASK(Interpreter):
         return replace(state, m=m.detach(), exp_avg=ea, exp_avg_sq=eas, step=step, draws=state.draws + k)
 
     def unrolled_steps(
-        self, x: torch.Tensor, target: torch.Tensor, state: MaskState, k: int, target_map: torch.Tensor
+        self, x: torch.Tensor, target: torch.Tensor, state: MaskState, k: int, target_map: torch.Tensor,
+        z: torch.Tensor | None = None,
     ) -> tuple[MaskState, torch.Tensor]:
         """k Adam steps built with ``create_graph``: returns (detached new state, loss [N] with graph to x).
 
@@ -239,7 +245,7 @@ class MASK(Interpreter):
         moment buffers are not (within this call), as in the official attack (spec 2.4 stage 2 step 4).
         """
         size = x.shape[-1]
-        z = self.prepare(x)
+        z = self.prepare(x) if z is None else z  # z: prepare(x) with its graph to x
         offs = jitter_offsets(state.keys, state.draws, k, self.cfg.jitter)
         m, ea, eas, step = state.m.detach(), state.exp_avg.detach(), state.exp_avg_sq.detach(), state.step
         losses = []

@@ -69,3 +69,12 @@ class RTS(Interpreter):
     def extra_attack_loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-sample CE of the encoder head to ``target``; the ADV^2 RTS attack adds 0.1 x this."""
         return F.cross_entropy(self.encoder_logits(x), target, reduction="none")
+
+    def map_and_extra_loss(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(:meth:`differentiable_map`, :meth:`extra_attack_loss`) from one encoder pass: the mask and the
+        encoder head share the encoder features, so an ADV^2-RTS step runs the encoder once, not twice."""
+        self._check(target)
+        feats = self.masker.encoder(x)
+        mask = self.masker.decode(feats, target, self.confidence)[0]
+        extra = F.cross_entropy(self.masker.encoder.logits_from(feats[-1]), target, reduction="none")
+        return mask, extra

@@ -1,0 +1,440 @@
+"""Attack efficiency against the pass-count floor, the authors' loop shape, memory, and cost per cell.
+
+Each measurement runs in its own child process (``--child JSON``) so that its peak memory is its own:
+
+* **efficiency** = measured wall time / (pass-equivalents the attack really performed x the measured
+  time of one pass of the same model at the same batch size, in the same process). Pass-equivalents
+  are counted by :class:`adv2core.passes.PassCounter` (convolution and matrix FLOPs of everything
+  dispatched, over the FLOPs of one forward) in a second, identical run; the reference is one batched
+  forward + input-gradient backward (2 pass-equivalents per image). 1.0 means the attack costs exactly
+  its passes; the excess is elementwise work, Python and framework overhead.
+* **loop shape**: the same attack (same steps, so the same pass count per image) run one image at a
+  time, at the official batch size of its interpreter (spec section 7.3), and at our batch.
+* **memory**: the process's peak resident set growth during the attack (CPU), or the peak CUDA memory
+  above the level before it (GPU).
+* **cost per cell**: pass-equivalents per image at the preset's full step counts (counted on one image)
+  x the measured seconds per pass-equivalent per image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+INTERPRETERS = ("grad", "cam", "rts", "mask")
+#: (attack, interpreter) cells; PGD and StAdv do not use an interpreter.
+CELLS = [("pgd", None), ("stadv", None)] + [(a, i) for a in ("adv2", "stadv-adv2") for i in INTERPRETERS]
+#: The official code's batch sizes (spec section 7.3); PGD's baseline batch is 40, StAdv's follows CAM.
+OFFICIAL_BATCH = {"grad": 10, "cam": 50, "rts": 40, "mask": 12, None: 40}
+#: model -> (attack preset, interpreter preset)
+PRESETS = {"resnet-mini": ("quick", "quick"), "densenet-mini": ("quick", "quick"),
+           "efficientnet-lite0": ("real", "real")}
+
+
+# ------------------------------------------------------------------------------------------ child side
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _model(name: str, device: str):
+    import torch
+
+    from adv2core.models.mini import densenet_mini, resnet_mini
+    from adv2core.models.registry import load_model
+
+    torch.manual_seed(0)
+    if name == "resnet-mini":
+        m = resnet_mini(8, 64)
+    elif name == "densenet-mini":
+        m = densenet_mini(8, 64)
+    else:
+        m = load_model(name, weights="imagenet")
+    return m.to(device).eval().requires_grad_(False)
+
+
+def _interpreter(name: str | None, model, preset: str, cap: int | None, device: str):
+    from adv2core.config import cap_steps
+    from adv2core.interpreters.config import load_interpreter_config
+    from adv2core.interpreters.registry import interpreter_class
+    from adv2core.interpreters.rts import RTS
+    from adv2core.interpreters.rts_model import build_masker
+
+    if name is None:
+        return None
+    cfgs = load_interpreter_config(preset)
+    if name == "rts":  # random-weight masker: cost does not depend on its weights
+        return RTS(model, build_masker(model, cfgs["rts"]).to(device).eval().requires_grad_(False))
+    if name == "mask":
+        cfg = cfgs["mask"]
+        if cap is not None:
+            cfg = type(cfg).model_validate(cap_steps(cfg.model_dump(), cap, type(cfg)))
+        return interpreter_class("mask")(model, cfg)
+    return interpreter_class(name)(model)
+
+
+def _attack(attack: str, model, interp, preset: str, cap: int | None, override: dict | None = None):
+    """Attack from a preset, every loop count capped at ``cap``; ``override``: fields of its section."""
+    from adv2core.attacks.config import load_preset
+    from adv2core.attacks.registry import attack_config, build_attack
+    from adv2core.config import cap_steps
+
+    p = load_preset(preset)
+    if cap is not None:
+        p = type(p).model_validate(cap_steps(p.model_dump(), cap))
+    section = attack_config(attack, interp.name if interp is not None else None, p)
+    if override:
+        section = type(section).model_validate({**section.model_dump(), **override})
+    return build_attack(attack, model, interp, section, seed=0)
+
+
+def _inputs(model, n: int, device: str, seed: int = 0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    side = model.input_size
+    x = torch.rand(n, 3, side, side, generator=g).to(device)
+    y = torch.randint(0, model.num_classes, (n,), generator=g).to(device)
+    return x, y, (y + 1) % model.num_classes, [f"b{seed}-{i}" for i in range(n)]
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: str, repeats: int = 1) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def child(job: dict[str, Any]) -> dict[str, Any]:
+    """One measurement (see the module docstring); ``job['mode']``: ``eff``, ``loop`` or ``count``."""
+    import torch
+
+    from adv2core.passes import PassCounter, forward_backward_flops, forward_flops
+
+    device, n, cap = job["device"], job["batch"], job.get("cap")
+    out: dict[str, Any] = {**job}
+    torch.manual_seed(0)
+    if job["mode"] == "tpass":  # seconds per pass-equivalent per image of a torchvision model at 224
+        import torchvision
+
+        m = getattr(torchvision.models, job["model"])(weights=None).to(device).eval().requires_grad_(False)
+        xr = torch.rand(n, 3, 224, 224, device=device).requires_grad_(True)
+
+        def fb224():
+            m(xr).sum().backward()
+            xr.grad = None
+
+        fb224()
+        out["s_per_pass_eq_per_image"] = _timed(fb224, device, repeats=3) / (2 * n)
+        return out
+    model = _model(job["model"], device)
+    apreset, ipreset = job.get("presets") or PRESETS[job["model"]]
+    interp = _interpreter(job["interpreter"], model, ipreset, cap, device)
+    if job["mode"] == "count_map":  # pass-equivalents of one benign map per image
+        x, y, _, ids = _inputs(model, n, device)
+        with PassCounter() as c:
+            interp.explain(x, y, ids=ids)
+        out["pass_eq_per_image"] = c.flops / forward_flops(model, x[:1]) / n
+        return out
+    attack = _attack(job["attack"], model, interp, apreset, cap, job.get("override"))
+
+    def run(x, y, t, ids):
+        tmap = interp.explain(x, y, ids=ids) if interp is not None else None
+        return lambda: attack(x, t, target_map=tmap, ids=ids)
+
+    if job["mode"] == "count":  # pass-equivalents per image at this config, one image
+        x, y, t, ids = _inputs(model, n, device)
+        go = run(x, y, t, ids)
+        with PassCounter() as c:
+            go()
+        out["pass_eq_per_image"] = c.flops / forward_flops(model, x[:1]) / n
+        return out
+
+    if job["mode"] == "loop":  # images/s one image at a time and at the official batch size
+        k = job["images"]
+        x, y, t, ids = _inputs(model, k, device)
+        singles = [run(x[i:i + 1], y[i:i + 1], t[i:i + 1], ids[i:i + 1]) for i in range(k)]
+        singles[0]()  # warm-up
+        out["one_image_s"] = _timed(lambda: [s() for s in singles], device) / k
+        b = job["official_batch"]
+        xb, yb, tb, idb = _inputs(model, b, device, seed=1)
+        go = run(xb, yb, tb, idb)
+        out["official_batch_s"] = _timed(go, device) / b
+        return out
+
+    if job["mode"] == "profile":  # where the time goes beyond the passes: top operators by self time
+        from torch.profiler import ProfilerActivity, profile
+
+        x, y, t, ids = _inputs(model, n, device)
+        go = run(x, y, t, ids)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+        with profile(activities=acts) as prof:
+            go()
+        key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+        events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+        total = sum(getattr(e, key) for e in events) or 1.0
+        out["top"] = [(e.key, getattr(e, key) / total, e.count) for e in events[:job.get("top", 6)]]
+        return out
+
+    # mode "eff": reference pass, timed attack with its peak memory, counted attack
+    x, y, t, ids = _inputs(model, n, device)
+    xr = x.clone().requires_grad_(True)
+
+    def fb():
+        model(xr).sum().backward()
+        xr.grad = None
+
+    fb()
+    t_fb = _timed(fb, device, repeats=3)
+    flops_fb = forward_backward_flops(model, x)
+    go = run(x, y, t, ids)
+    warm = _attack(job["attack"], model, interp, apreset, 1, job.get("override"))  # first-call costs (kernel selection) off the clock
+    warm(x, t, target_map=interp.explain(x, y, ids=ids) if interp is not None else None, ids=ids)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    rss0 = _rss_mib()
+    wall = _timed(go, device)
+    if device.startswith("cuda"):
+        out["peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        out["peak_mib"] = max(0.0, _peak_rss_mib() - rss0)
+    with PassCounter() as c:
+        go()
+    passes = c.flops / flops_fb  # in units of one batched forward+backward
+    out.update(wall_s=wall, t_fb_s=t_fb, fb_units=passes, efficiency=wall / (passes * t_fb),
+               pass_eq_per_image=2 * passes, s_per_pass_eq_per_image=wall / (2 * passes) / n)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- parent side
+def spawn(job: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True,
+                       env=env, timeout=timeout, cwd=REPO)
+    if p.returncode != 0:
+        raise RuntimeError(f"benchmark child {job} failed: {p.stderr.strip().splitlines()[-1:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _label(attack: str, interp: str | None) -> str:
+    return attack if interp is None else f"{attack} / {interp}"
+
+
+def _target(value: float, limit: float, *, at_most: bool = True) -> str:
+    ok = value <= limit if at_most else value >= limit
+    return "PASS" if ok else "FAIL"
+
+
+def _eff_limit(interp: str | None) -> float:
+    return 2.0 if interp == "mask" else 1.3
+
+
+EFFICIENCY_METHOD = (
+    "Efficiency = measured wall time of the attack / (pass-equivalents it really performed x the measured time "
+    "of one pass of the same model at the same batch size, in the same process). The pass count comes from "
+    "`adv2core.passes.PassCounter` (FLOPs of every convolution and matrix product dispatched, forward, "
+    "backward and double backward, over one forward's) in a second, identical run; the reference pass is one "
+    "batched forward + input-gradient backward. Targets: <= 1.3 for PGD, Grad, CAM, RTS (and StAdv), <= 2 for "
+    "MASK. Pass-equivalents per image: one forward or one backward of one image (spec 7.3), at the capped loop "
+    "counts of this table. Peak memory: growth of the process's resident set during the attack (CPU), or "
+    "peak CUDA memory above the level before it (GPU); each cell runs in its own process.")
+LOOP_METHOD = (
+    "The same attack with the same capped loop counts (so the same pass count per image) run one image at a "
+    "time (the authors' per-image loop), at the official batch size of its interpreter (spec 7.3), and at our "
+    "batch (from the efficiency table); random-weight resnet-mini at 64 px. On 2 CPU cores a batched "
+    "convolution is already compute-bound at small batches, so batching gains far less than on a GPU, where "
+    "a one-image step leaves the device mostly idle: the CPU ratio is a lower bound for the GPU one.")
+COST_METHOD = (
+    "Seconds per image of each cell at the quick preset's full loop counts = pass-equivalents per image counted "
+    "on one image at those counts x the seconds per pass-equivalent per image measured in the efficiency run "
+    "(batch above, random weights, this machine).")
+
+
+def _eff_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| model | attack / interpreter | batch | wall (s) | pass-eq per image (counted) | one F+B pass (ms) | "
+        "efficiency | target | peak memory (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lim = _eff_limit(r["interpreter"])
+        lines.append(
+            f"| {r['model']} | {_label(r['attack'], r['interpreter'])} | {r['batch']} | {r['wall_s']:.2f} | "
+            f"{r['pass_eq_per_image']:.1f} | {r['t_fb_s'] * 1000:.1f} | {r['efficiency']:.2f} | "
+            f"≤ {lim:g}: {_target(r['efficiency'], lim)} | {r['peak_mib']:.0f} |")
+    return lines
+
+
+def bench_efficiency(models: dict[str, int], cap: int, device: str, progress) -> tuple[list[str], list[dict]]:
+    """Efficiency, pass-equivalents and peak memory for every (model, attack, interpreter) cell.
+    ``models``: name -> batch size."""
+    rows = []
+    for model, batch in models.items():
+        for attack, interp in CELLS:
+            progress(f"efficiency {model} {_label(attack, interp)}")
+            rows.append(spawn(dict(model=model, attack=attack, interpreter=interp, batch=batch, cap=cap,
+                                   device=device, mode="eff")))
+    return _eff_table(rows), rows
+
+
+def bench_efficiency_official(models: list[str], cap: int, device: str, progress,
+                              smoke: bool = False) -> tuple[list[str], list[dict]]:
+    """The same at the official batch size of each cell's interpreter (memory at the paper batch sizes)."""
+    rows = []
+    for model in models:
+        for attack, interp in CELLS:
+            progress(f"efficiency {model} {_label(attack, interp)}")
+            rows.append(spawn(dict(model=model, attack=attack, interpreter=interp, cap=cap, device=device,
+                                   batch=1 if smoke else OFFICIAL_BATCH[interp], mode="eff")))
+    return _eff_table(rows), rows
+
+
+def bench_loop_shape(model: str, cap: int, images: int, device: str, eff_rows: list[dict], progress) -> list[str]:
+    """images/s: one image at a time vs the official batch vs ours (from the efficiency rows)."""
+    ours = {(r["attack"], r["interpreter"]): r for r in eff_rows if r["model"] == model}
+    lines = [
+        "| attack / interpreter | one image at a time (img/s) | official batch (size: img/s) | ours (size: img/s) | "
+        "ours / one image | target ≥ 3x |",
+        "|---|---|---|---|---|---|",
+    ]
+    for attack, interp in CELLS:
+        progress(f"loop shape {model} {_label(attack, interp)}")
+        r = spawn(dict(model=model, attack=attack, interpreter=interp, batch=images, images=images, cap=cap,
+                       device=device, mode="loop", official_batch=OFFICIAL_BATCH[interp]))
+        e = ours[(attack, interp)]
+        ours_ips = e["batch"] / e["wall_s"]
+        ratio = ours_ips * r["one_image_s"]
+        lines.append(
+            f"| {_label(attack, interp)} | {1 / r['one_image_s']:.2f} | {OFFICIAL_BATCH[interp]}: "
+            f"{1 / r['official_batch_s']:.2f} | {e['batch']}: {ours_ips:.2f} | {ratio:.2f}x | "
+            f"{_target(ratio, 3.0, at_most=False)} |")
+    return lines
+
+
+def bench_cell_cost(model: str, eff_rows: list[dict], device: str, progress) -> list[str]:
+    """Seconds per image of every cell at the preset's full step counts: pass-equivalents per image
+    counted on one image at full steps x the measured seconds per pass-equivalent per image."""
+    per = {(r["attack"], r["interpreter"]): r for r in eff_rows if r["model"] == model}
+    lines = ["| attack / interpreter | pass-eq per image (full preset) | s per pass-eq per image (measured) | "
+             "s per image |", "|---|---|---|---|"]
+    for attack, interp in CELLS:
+        progress(f"cost per cell {model} {_label(attack, interp)}")
+        c = spawn(dict(model=model, attack=attack, interpreter=interp, batch=1, cap=None, device=device,
+                       mode="count"))
+        s = per[(attack, interp)]["s_per_pass_eq_per_image"]
+        lines.append(f"| {_label(attack, interp)} | {c['pass_eq_per_image']:.0f} | {s * 1000:.2f} ms | "
+                     f"{c['pass_eq_per_image'] * s:.2f} |")
+    return lines
+
+
+def bench_profiles(rows: list[dict], device: str, progress, worst: int = 3) -> list[str]:
+    """torch.profiler on the cells that miss their efficiency target (the ``worst`` furthest above it)."""
+    missed = sorted((r for r in rows if r["efficiency"] > _eff_limit(r["interpreter"])),
+                    key=lambda r: r["efficiency"] / _eff_limit(r["interpreter"]), reverse=True)[:worst]
+    if not missed:
+        return ["Every cell meets its efficiency target; nothing to profile."]
+    lines = ["Share of the profiled operator self time (a conv or matmul kernel is pass work; everything else "
+             "is the overhead that the efficiency figure counts):", ""]
+    for r in missed:
+        progress(f"profile {r['model']} {_label(r['attack'], r['interpreter'])}")
+        p = spawn({**{k: r[k] for k in ("model", "attack", "interpreter", "batch", "cap", "device")},
+                   "mode": "profile"})
+        ops = "; ".join(f"`{k}` {share:.0%} ({count} calls)" for k, share, count in p["top"])
+        lines.append(f"* **{r['model']} {_label(r['attack'], r['interpreter'])}** (efficiency "
+                     f"{r['efficiency']:.2f}): {ops}.")
+    return lines
+
+
+def bench_paper_projection(device: str, progress) -> list[str]:
+    """Projected wall time of the `paper` preset on this device, from pass-equivalents counted at the
+    paper's step counts on one image (resnet-mini stand-in at 64 px: the loops, not the network, set the
+    count) x the measured seconds per pass-equivalent of ResNet-50 / DenseNet-169 at 224 px, batch 10."""
+    from adv2core.attacks.config import load_preset
+    from adv2core.config import load_config
+
+    bench = load_config("paper").bench
+    paper = load_preset("paper")
+    base = dict(model="resnet-mini", batch=1, cap=None, device=device, presets=["paper", "paper"])
+    counts: dict[tuple[str, str | None], float] = {}
+    for attack, interp in CELLS:
+        if attack not in bench.attacks.names:
+            continue
+        progress(f"paper pass count {_label(attack, interp)}")
+        if interp == "mask":  # 1000 outer iterations: count 50 and 100 (one re-solve each 50), extrapolate
+            sec = paper.adv2.mask if attack == "adv2" else paper.stadv_adv2.mask
+            period = sec.resolve_every
+            lo, hi = (spawn(dict(base, attack=attack, interpreter=interp, mode="count",
+                                 override={"stage2_steps": k * period}))["pass_eq_per_image"] for k in (1, 2))
+            counts[(attack, interp)] = lo + (hi - lo) * (sec.stage2_steps / period - 1)
+        else:
+            counts[(attack, interp)] = spawn(dict(base, attack=attack, interpreter=interp, mode="count"))["pass_eq_per_image"]
+    maps = {}
+    for interp in bench.interpreters.names:
+        progress(f"paper pass count: {interp} map")
+        maps[interp] = spawn(dict(base, attack="pgd", interpreter=interp, mode="count_map"))["pass_eq_per_image"]
+    tpass = {m: spawn(dict(model=m.replace("-", ""), batch=10, device=device, mode="tpass"))["s_per_pass_eq_per_image"]
+             for m in ("resnet50", "densenet169")}
+    n = bench.data.num_images
+    xeval = bench.cross_eval.attacks or bench.attacks.names
+    interps = bench.interpreters.names
+    # today's pipeline: every (interpreter, attack) unit runs its attack, PGD and StAdv included
+    attack_pe = sum(counts[(a, i if a in ("adv2", "stadv-adv2") else None)] for i in interps for a in bench.attacks.names)
+    benign_pe = len(bench.attacks.names) * sum(maps.values())  # each (interpreter, attack) unit maps the benign images
+    xeval_pe = len(xeval) * len(interps) * sum(maps.values())
+    lines = [
+        "Cost model of today's pipeline: every (interpreter, attack) unit runs its attack (PGD and StAdv once "
+        "per interpreter) and computes its interpreter's benign maps; the cross-evaluation maps every example "
+        f"of {', '.join(xeval)} under every interpreter. Efficiency is taken as 1 (the floor).",
+        "",
+        f"Pass-equivalents per image at the paper's step counts (counted; MASK cells extrapolated from 50 and "
+        f"100 outer iterations): " + ", ".join(f"{_label(a, i)} {v:,.0f}" for (a, i), v in counts.items()) + "; maps: "
+        + ", ".join(f"{i} {v:,.0f}" for i, v in maps.items()) + ".",
+        "",
+        "| model | s per pass-eq per image (batch 10, 224 px, measured) | attacks (pass-eq / image) | benign maps | "
+        f"cross-evaluation | projected wall time, {n} images |",
+        "|---|---|---|---|---|---|",
+    ]
+    total = 0.0
+    for m in bench.models.names:
+        s = tpass[m.replace("-", "")] if m.replace("-", "") in tpass else tpass["resnet50"]
+        pe = attack_pe + benign_pe + xeval_pe
+        total += pe * s * n
+        lines.append(f"| {m} | {s * 1000:.2f} ms | {attack_pe:,.0f} | {benign_pe:,.0f} | {xeval_pe:,.0f} | "
+                     f"{pe * s * n / 3600:,.1f} h |")
+    lines += ["", f"Projected `paper` preset on this device at 100 % efficiency: **{total / 3600:,.1f} h** "
+              f"({total / 86400:,.1f} days). Multiply by the efficiencies above for the expected figure."]
+    return lines
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        print(json.dumps(child(json.loads(sys.argv[2]))))
+        raise SystemExit(0)
+    raise SystemExit("run through benchmarks/run.py (make bench)")

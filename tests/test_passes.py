@@ -1,0 +1,70 @@
+"""The pass counter behind BENCHMARKS.md's efficiency figures (adv2core/passes.py, benchmarks/perf_attacks.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adv2core.models.mini import resnet_mini
+from adv2core.passes import PassCounter, forward_backward_flops, forward_flops
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return resnet_mini(8, 64).eval().requires_grad_(False)
+
+
+def test_counts_backward_and_double_backward(model):
+    """Frozen weights: an input-gradient backward costs one forward's convolutions; a double backward (the
+    Grad-map attack step) more than forward + backward. A counter blind to autograd would give 1 and 1."""
+    x = torch.rand(3, 3, 64, 64)
+    fwd = forward_flops(model, x)
+    assert fwd > 0
+    assert forward_backward_flops(model, x) == 2 * fwd
+    with PassCounter() as c:
+        xr = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(model(xr).sum(), xr, create_graph=True)
+        g.pow(2).sum().backward()
+    assert c.flops > 3 * fwd
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_pgd_performs_exactly_its_passes(model, steps):
+    """PGD with k steps = k forward+backward passes + one forward to score the result: 2k + 1
+    pass-equivalents per image. More would mean hidden recomputation in the attack loop."""
+    import perf_attacks as pa
+
+    out = pa.child(dict(model="resnet-mini", attack="pgd", interpreter=None, batch=2, cap=steps, device="cpu",
+                        mode="count"))
+    assert out["pass_eq_per_image"] == pytest.approx(2 * steps + 1, abs=1e-9)
+
+
+def test_efficiency_child_reports_finite_figures():
+    import math
+
+    import perf_attacks as pa
+
+    out = pa.child(dict(model="resnet-mini", attack="adv2", interpreter="cam", batch=2, cap=1, device="cpu",
+                        mode="eff"))
+    for key in ("wall_s", "t_fb_s", "efficiency", "pass_eq_per_image", "peak_mib"):
+        assert math.isfinite(out[key]) and out[key] >= 0, (key, out[key])
+    assert out["pass_eq_per_image"] > 2  # stage 1 + stage 2 each do at least one forward+backward
+
+
+@pytest.mark.heavy  # ~40 child processes: every section of `make bench` at tiny sizes
+def test_bench_smoke_writes_every_section(tmp_path):
+    import run as bench_run
+
+    out = tmp_path / "BENCHMARKS.md"
+    assert bench_run.main(["--smoke", "--device", "cpu", "--out", str(out)]) == 0
+    text = out.read_text()
+    for title in ("## Attack efficiency", "## Versus the authors' loop shape", "## Pipeline overhead",
+                  "## DuckDB at scale", "## GPU"):
+        assert title in text, title
+    assert "PASS" in text or "FAIL" in text
