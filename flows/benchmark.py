@@ -262,6 +262,7 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
             if ok:
                 ready.add(prep[fut])
                 devices.add(str(val.get("device")))
+                summary.setdefault("prepare_seconds", {})[prep[fut]] = val.get("seconds")  # benchmarks/perf_pipeline.py
                 preflight["models"][prep[fut]] = val.get("preflight")
             elif _is_user_error(val):
                 # Refused weights, a missing dataset folder, a bad model name: every shard of the model would

@@ -382,3 +382,58 @@ def test_run_without_rows_and_default_out_dir(synthetic, tmp_path, monkeypatch):
     assert "_(no data)_" in res.tables["success"].files["md"].read_text()
     assert res.report_path.is_file()
     assert artifact_tables(res)["adv2-success"] == []
+
+
+# ---------------------------------------------------------------------------- one sort per cell
+def _lists_per_column(cols) -> str:
+    """The report's earlier list SQL, kept as the reference: one ordered aggregate per column."""
+    pairs = [(c, c) if isinstance(c, str) else c for c in cols]
+    return ",\n  ".join(f"list({c}::DOUBLE ORDER BY image_id) FILTER (WHERE success IS NOT NULL) AS {a}"
+                        for c, a in pairs)
+
+
+def _same(a, b) -> bool:
+    """Equal values, NaN equal to NaN, lists element by element (order matters)."""
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b)
+                and all(_same(x, y) for x, y in zip(a, b)))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
+
+
+def test_single_sort_lists_equal_per_column_lists(synthetic, monkeypatch):
+    """The list SQL (one ordered struct aggregate per cell) gives the same rows, element for element,
+    as one ordered aggregate per column, and the tables built on it the same records."""
+    from adv2core.report import tables as T
+    from adv2core.store.query import connect
+
+    con = connect(synthetic["root"])
+    try:
+        cols = ["success", *IOU_COLUMNS, "iou_mean", "l1", "l2", ("loc_iou_benign", "loc_benign")]
+        new, old = (f"SELECT model, interpreter, attack, {fn(cols)} FROM samples WHERE config_hash = ? "
+                    f"GROUP BY ALL ORDER BY ALL" for fn in (T._lists, _lists_per_column))
+        got, ref = (con.execute(q, [CFG_A]).fetchall() for q in (new, old))
+        assert len(got) == len(ref) == 7
+        assert all(_same(list(g), list(r)) for g, r in zip(got, ref)), (got, ref)
+        # the stored order is by shard (img000, img002, ..., img001, ...): the lists must be by image
+        succ_col = [d[0] for d in con.execute(new, [CFG_A]).description].index("success")
+        assert any(r[succ_col] != sorted(r[succ_col]) for r in got)  # not trivially sorted values
+
+        builders = [T.success_table, T.distance_table, T.iou_table, T.transfer_table, T.localisation_table]
+        after = [b(con, CFG_A).records for b in builders]
+        for name, cols_q in (("_LOC_QUERY", ["success", ("loc_iou_benign", "loc_benign"), ("loc_iou_adv", "loc_adv")]),
+                             ("_TRANSFER_QUERY", ["success", "l1", "iou_mean"])):
+            q = getattr(T, name)
+            assert T._lists(cols_q) in q
+            monkeypatch.setattr(T, name, q.replace(T._lists(cols_q), _lists_per_column(cols_q)))
+        monkeypatch.setattr(T, "_lists", _lists_per_column)  # _cells_query builds its SQL at call time
+        assert "list_transform" not in T._LOC_QUERY + T._TRANSFER_QUERY + T._cells_query(["l1"])
+        before = [b(con, CFG_A).records for b in builders]
+    finally:
+        con.close()
+    for a, b in zip(after, before):
+        assert len(a) == len(b) > 0
+        for ra, rb in zip(a, b):
+            assert ra.keys() == rb.keys()
+            assert all(_same(ra[k], rb[k]) for k in ra), (ra, rb)
