@@ -35,6 +35,8 @@ if str(REPO) not in sys.path:
 INTERPRETERS = ("grad", "cam", "rts", "mask")
 #: (attack, interpreter) cells; PGD and StAdv do not use an interpreter.
 CELLS = [("pgd", None), ("stadv", None)] + [(a, i) for a in ("adv2", "stadv-adv2") for i in INTERPRETERS]
+#: Cells whose memory is measured at the paper's batch sizes (the ADV^2 ones set the peaks; PGD for scale).
+MEMORY_CELLS = [("pgd", None), ("adv2", "grad"), ("adv2", "cam"), ("adv2", "rts"), ("adv2", "mask")]
 #: The official code's batch sizes (spec section 7.3); PGD's baseline batch is 40, StAdv's follows CAM.
 OFFICIAL_BATCH = {"grad": 10, "cam": 50, "rts": 40, "mask": 12, None: 40}
 #: model -> (attack preset, interpreter preset)
@@ -153,6 +155,8 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
         fb224()
         out["s_per_pass_eq_per_image"] = _timed(fb224, device, repeats=3) / (2 * n)
         return out
+    if job["mode"] == "counts":  # several counts in one process (no memory figure needed)
+        return {**job, "results": [child({**job, "mode": job["sub_mode"], **sub}) for sub in job["jobs"]]}
     model = _model(job["model"], device)
     apreset, ipreset = job.get("presets") or PRESETS[job["model"]]
     interp = _interpreter(job["interpreter"], model, ipreset, cap, device)
@@ -202,20 +206,19 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
         out["top"] = [(e.key, getattr(e, key) / total, e.count) for e in events[:job.get("top", 6)]]
         return out
 
-    # mode "eff": reference pass, timed attack with its peak memory, counted attack
+    # mode "eff": reference pass, timed attack with its peak memory, counted attack; "mem": peak only
     x, y, t, ids = _inputs(model, n, device)
-    xr = x.clone().requires_grad_(True)
-
-    def fb():
-        model(xr).sum().backward()
-        xr.grad = None
-
-    fb()
-    t_fb = _timed(fb, device, repeats=3)
-    flops_fb = forward_backward_flops(model, x)
     go = run(x, y, t, ids)
-    warm = _attack(job["attack"], model, interp, apreset, 1, job.get("override"))  # first-call costs (kernel selection) off the clock
-    warm(x, t, target_map=interp.explain(x, y, ids=ids) if interp is not None else None, ids=ids)
+    if job["mode"] == "eff":
+        xr = x.clone().requires_grad_(True)
+
+        def fb():
+            model(xr).sum().backward()
+            xr.grad = None
+
+        fb()
+        t_fb = _timed(fb, device, repeats=3)
+        flops_fb = forward_backward_flops(model, x)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -225,15 +228,31 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
         out["peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
         out["peak_mib"] = max(0.0, _peak_rss_mib() - rss0)
+    if job["mode"] == "mem":
+        return out
+    # The count runs on 2 of the images: every loop is batched with per-sample losses, so the pass count
+    # per image does not depend on the batch (tests/test_passes.py checks PGD's exactly).
+    k = min(n, 2)
+    small = run(x[:k], y[:k], t[:k], ids[:k])
     with PassCounter() as c:
-        go()
-    passes = c.flops / flops_fb  # in units of one batched forward+backward
+        small()
+    per_image = c.flops / forward_flops(model, x[:1]) / k  # pass-equivalents per image
+    passes = per_image * n * forward_flops(model, x[:1]) / flops_fb  # in units of one batched forward+backward
     out.update(wall_s=wall, t_fb_s=t_fb, fb_units=passes, efficiency=wall / (passes * t_fb),
-               pass_eq_per_image=2 * passes, s_per_pass_eq_per_image=wall / (2 * passes) / n)
+               pass_eq_per_image=per_image, s_per_pass_eq_per_image=wall / per_image / n)
     return out
 
 
 # ----------------------------------------------------------------------------------------- parent side
+def try_spawn(job: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
+    """:func:`spawn`, but a cell that cannot run here (e.g. no RTS masking model for a real model yet)
+    becomes a row with its one-line reason instead of ending the benchmark."""
+    try:
+        return spawn(job, timeout)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        return {**job, "error": str(exc).split("failed: ")[-1].strip("[]'\"")}
+
+
 def spawn(job: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True,
@@ -285,6 +304,10 @@ def _eff_table(rows: list[dict]) -> list[str]:
     ]
     for r in rows:
         lim = _eff_limit(r["interpreter"])
+        if "error" in r:
+            lines.append(f"| {r['model']} | {_label(r['attack'], r['interpreter'])} | {r['batch']} | not measured: "
+                         f"{r['error']} | | | | | |")
+            continue
         lines.append(
             f"| {r['model']} | {_label(r['attack'], r['interpreter'])} | {r['batch']} | {r['wall_s']:.2f} | "
             f"{r['pass_eq_per_image']:.1f} | {r['t_fb_s'] * 1000:.1f} | {r['efficiency']:.2f} | "
@@ -299,21 +322,22 @@ def bench_efficiency(models: dict[str, int], cap: int, device: str, progress) ->
     for model, batch in models.items():
         for attack, interp in CELLS:
             progress(f"efficiency {model} {_label(attack, interp)}")
-            rows.append(spawn(dict(model=model, attack=attack, interpreter=interp, batch=batch, cap=cap,
-                                   device=device, mode="eff")))
-    return _eff_table(rows), rows
+            rows.append(try_spawn(dict(model=model, attack=attack, interpreter=interp, batch=batch, cap=cap,
+                                       device=device, mode="eff")))
+    return _eff_table(rows), [r for r in rows if "error" not in r]
 
 
-def bench_efficiency_official(models: list[str], cap: int, device: str, progress,
-                              smoke: bool = False) -> tuple[list[str], list[dict]]:
-    """The same at the official batch size of each cell's interpreter (memory at the paper batch sizes)."""
-    rows = []
-    for model in models:
-        for attack, interp in CELLS:
-            progress(f"efficiency {model} {_label(attack, interp)}")
-            rows.append(spawn(dict(model=model, attack=attack, interpreter=interp, cap=cap, device=device,
-                                   batch=1 if smoke else OFFICIAL_BATCH[interp], mode="eff")))
-    return _eff_table(rows), rows
+def bench_memory_official(model: str, device: str, progress, smoke: bool = False) -> list[str]:
+    """Peak memory of :data:`MEMORY_CELLS` at the official batch size of their interpreter (spec 7.3),
+    every loop count capped at 1 (the peak is reached in the first step)."""
+    lines = ["| model | attack / interpreter | batch | peak memory (MiB) |", "|---|---|---|---|"]
+    for attack, interp in MEMORY_CELLS:
+        progress(f"memory {model} {_label(attack, interp)}")
+        r = try_spawn(dict(model=model, attack=attack, interpreter=interp, cap=1, device=device,
+                           batch=1 if smoke else OFFICIAL_BATCH[interp], mode="mem"))
+        peak = f"not measured: {r['error']}" if "error" in r else f"{r['peak_mib']:.0f}"
+        lines.append(f"| {model} | {_label(attack, interp)} | {r['batch']} | {peak} |")
+    return lines
 
 
 def bench_loop_shape(model: str, cap: int, images: int, device: str, eff_rows: list[dict], progress) -> list[str]:
@@ -338,19 +362,21 @@ def bench_loop_shape(model: str, cap: int, images: int, device: str, eff_rows: l
     return lines
 
 
-def bench_cell_cost(model: str, eff_rows: list[dict], device: str, progress) -> list[str]:
+def bench_cell_cost(models: list[str], eff_rows: list[dict], device: str, progress) -> list[str]:
     """Seconds per image of every cell at the preset's full step counts: pass-equivalents per image
     counted on one image at full steps x the measured seconds per pass-equivalent per image."""
-    per = {(r["attack"], r["interpreter"]): r for r in eff_rows if r["model"] == model}
-    lines = ["| attack / interpreter | pass-eq per image (full preset) | s per pass-eq per image (measured) | "
-             "s per image |", "|---|---|---|---|"]
-    for attack, interp in CELLS:
-        progress(f"cost per cell {model} {_label(attack, interp)}")
-        c = spawn(dict(model=model, attack=attack, interpreter=interp, batch=1, cap=None, device=device,
-                       mode="count"))
-        s = per[(attack, interp)]["s_per_pass_eq_per_image"]
-        lines.append(f"| {_label(attack, interp)} | {c['pass_eq_per_image']:.0f} | {s * 1000:.2f} ms | "
-                     f"{c['pass_eq_per_image'] * s:.2f} |")
+    lines = ["| model | attack / interpreter | pass-eq per image (full preset) | s per pass-eq per image (measured) | "
+             "s per image |", "|---|---|---|---|---|"]
+    for model in models:
+        progress(f"cost per cell {model}: counting every cell at full loop counts")
+        per = {(r["attack"], r["interpreter"]): r for r in eff_rows if r["model"] == model}
+        jobs = [dict(attack=a, interpreter=i) for a, i in CELLS]
+        res = spawn(dict(model=model, batch=1, cap=None, device=device, mode="counts", jobs=jobs,
+                         sub_mode="count"))["results"]
+        for r in res:
+            s = per[(r["attack"], r["interpreter"])]["s_per_pass_eq_per_image"]
+            lines.append(f"| {model} | {_label(r['attack'], r['interpreter'])} | {r['pass_eq_per_image']:.0f} | "
+                         f"{s * 1000:.2f} ms | {r['pass_eq_per_image'] * s:.2f} |")
     return lines
 
 
@@ -379,26 +405,42 @@ def bench_paper_projection(device: str, progress) -> list[str]:
     from adv2core.attacks.config import load_preset
     from adv2core.config import load_config
 
-    bench = load_config("paper").bench
+    bench = load_config("paper")
     paper = load_preset("paper")
     base = dict(model="resnet-mini", batch=1, cap=None, device=device, presets=["paper", "paper"])
-    counts: dict[tuple[str, str | None], float] = {}
+    jobs, keys = [], []
     for attack, interp in CELLS:
         if attack not in bench.attacks.names:
             continue
-        progress(f"paper pass count {_label(attack, interp)}")
         if interp == "mask":  # 1000 outer iterations: count 50 and 100 (one re-solve each 50), extrapolate
-            sec = paper.adv2.mask if attack == "adv2" else paper.stadv_adv2.mask
-            period = sec.resolve_every
-            lo, hi = (spawn(dict(base, attack=attack, interpreter=interp, mode="count",
-                                 override={"stage2_steps": k * period}))["pass_eq_per_image"] for k in (1, 2))
-            counts[(attack, interp)] = lo + (hi - lo) * (sec.stage2_steps / period - 1)
+            period = (paper.adv2.mask if attack == "adv2" else paper.stadv_adv2.mask).resolve_every
+            for k in (1, 2):
+                jobs.append(dict(attack=attack, interpreter=interp, override={"stage2_steps": k * period}))
         else:
-            counts[(attack, interp)] = spawn(dict(base, attack=attack, interpreter=interp, mode="count"))["pass_eq_per_image"]
-    maps = {}
+            jobs.append(dict(attack=attack, interpreter=interp))
     for interp in bench.interpreters.names:
-        progress(f"paper pass count: {interp} map")
-        maps[interp] = spawn(dict(base, attack="pgd", interpreter=interp, mode="count_map"))["pass_eq_per_image"]
+        jobs.append(dict(attack="pgd", interpreter=interp, mode="count_map"))
+    progress(f"paper pass counts: {len(jobs)} counts on one image")
+    res = spawn(dict(base, mode="counts", sub_mode="count", jobs=jobs), timeout=1800)["results"]
+    counts: dict[tuple[str, str | None], float] = {}
+    maps: dict[str, float] = {}
+    for r in res:
+        if r["mode"] == "count_map":
+            maps[r["interpreter"]] = r["pass_eq_per_image"]
+        elif r["interpreter"] == "mask":
+            sec = paper.adv2.mask if r["attack"] == "adv2" else paper.stadv_adv2.mask
+            key = (r["attack"], "mask")
+            if r["override"]["stage2_steps"] == sec.resolve_every:
+                counts[key + ("lo",)] = r["pass_eq_per_image"]  # type: ignore[operator]
+            else:
+                counts[key + ("hi",)] = r["pass_eq_per_image"]  # type: ignore[operator]
+        else:
+            counts[(r["attack"], r["interpreter"])] = r["pass_eq_per_image"]
+    for attack in ("adv2", "stadv-adv2"):
+        lo, hi = counts.pop((attack, "mask", "lo"), None), counts.pop((attack, "mask", "hi"), None)  # type: ignore[arg-type]
+        if lo is not None and hi is not None:
+            sec = paper.adv2.mask if attack == "adv2" else paper.stadv_adv2.mask
+            counts[(attack, "mask")] = lo + (hi - lo) * (sec.stage2_steps / sec.resolve_every - 1)
     tpass = {m: spawn(dict(model=m.replace("-", ""), batch=10, device=device, mode="tpass"))["s_per_pass_eq_per_image"]
              for m in ("resnet50", "densenet169")}
     n = bench.data.num_images

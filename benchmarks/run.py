@@ -160,17 +160,17 @@ def _gpu_note(device: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     import perf_attacks as pa
-    import perf_pipeline as pp
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--cap", type=int, default=5, help="step cap of the efficiency runs (every loop count)")
-    ap.add_argument("--effnet-cap", type=int, default=2, help="step cap for efficientnet-lite0 at 224 px")
-    ap.add_argument("--loop-images", type=int, default=4, help="images run one at a time for the loop shape")
-    ap.add_argument("--mask-iters", type=int, default=50)
+    ap.add_argument("--cap", type=int, default=2, help="step cap of the efficiency runs (every loop count)")
+    ap.add_argument("--effnet-cap", type=int, default=1, help="step cap for efficientnet-lite0 at 224 px")
+    ap.add_argument("--effnet-batch", type=int, default=2, help="batch of the efficientnet-lite0 efficiency runs")
+    ap.add_argument("--loop-images", type=int, default=2, help="images run one at a time for the loop shape")
+    ap.add_argument("--mask-iters", type=int, default=20)
     ap.add_argument("--duckdb-rows", type=int, default=1_000_000)
     ap.add_argument("--shards", type=int, default=200)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs (tests)")
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                     "efficiency, loop, cost, projection, pipeline, duckdb")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.batch, args.repeats, args.cap, args.effnet_cap, args.loop_images = 2, 1, 1, 1, 1
+        args.batch, args.repeats, args.cap, args.effnet_cap, args.loop_images, args.effnet_batch = 2, 1, 1, 1, 1, 1
         args.mask_iters, args.shards, args.duckdb_rows = 2, 3, 10_000
     t_start = time.perf_counter()
 
@@ -208,31 +208,39 @@ def main(argv: list[str] | None = None) -> int:
     if "efficiency" not in args.skip:
         models = {"resnet-mini": args.batch, "densenet-mini": args.batch}
         table, eff_rows = pa.bench_efficiency(models, args.cap, args.device, progress)
-        eff_224, rows_224 = pa.bench_efficiency_official(["efficientnet-lite0"], args.effnet_cap, args.device,
-                                                         progress, smoke=args.smoke)
+        eff_224, rows_224 = pa.bench_efficiency({"efficientnet-lite0": args.effnet_batch}, args.effnet_cap,
+                                                args.device, progress)
         eff_rows += rows_224
         lines += ["## Attack efficiency against the pass-count floor", "", pa.EFFICIENCY_METHOD, "",
                   f"Embedded models at 64 px, batch {args.batch}, every loop count capped at {args.cap}:", "",
                   *table, "",
-                  f"efficientnet-lite0 at 224 px, at the official batch size of each interpreter (spec 7.3; this "
-                  f"column is also the memory at the paper batch sizes), loop counts capped at {args.effnet_cap}:",
-                  "", *eff_224, "", "### Where the time goes in the cells that miss", "",
+                  f"efficientnet-lite0 (ImageNet weights) at 224 px, batch {args.effnet_batch}, loop counts capped "
+                  f"at {args.effnet_cap}:", "", *eff_224, "",
+                  "### Memory at the paper's batch sizes, 224 px", "",
+                  "Peak memory of PGD and the ADV² cells at the official batch size of their interpreter (spec 7.3: "
+                  "Grad 10, CAM 50, RTS 40, MASK 12; PGD 40), every loop count capped at 1 (the first step "
+                  "reaches the peak):", "",
+                  *pa.bench_memory_official("efficientnet-lite0", args.device, progress, smoke=args.smoke), "",
+                  "### Where the time goes in the cells that miss", "",
                   *pa.bench_profiles(eff_rows, args.device, progress), ""]
     if "loop" not in args.skip and eff_rows:
         lines += ["## Versus the authors' loop shape", "", pa.LOOP_METHOD, "",
                   *pa.bench_loop_shape("resnet-mini", args.cap, args.loop_images, args.device, eff_rows, progress), ""]
     if "cost" not in args.skip and eff_rows and not args.smoke:
-        for m in ("resnet-mini", "densenet-mini"):
-            lines += [f"## Cost per cell of the quick preset: {m}", "", pa.COST_METHOD, "",
-                      *pa.bench_cell_cost(m, eff_rows, args.device, progress), ""]
+        lines += ["## Cost per cell of the quick preset", "", pa.COST_METHOD, "",
+                  *pa.bench_cell_cost(["resnet-mini", "densenet-mini"], eff_rows, args.device, progress), ""]
     if "projection" not in args.skip and not args.smoke:
         lines += ["## Projected wall time of the paper preset", "", *pa.bench_paper_projection(args.device, progress), ""]
     if "pipeline" not in args.skip:
         progress("pipeline overhead")
-        lines += [*pp.bench_pipeline(smoke=args.smoke), ""]
+        from perf_pipeline import bench_pipeline
+
+        lines += [*bench_pipeline(smoke=args.smoke), ""]
     if "duckdb" not in args.skip:
         progress("duckdb")
-        lines += [*pp.bench_duckdb(rows=args.duckdb_rows, smoke=args.smoke), ""]
+        from perf_pipeline import bench_duckdb
+
+        lines += [*bench_duckdb(rows=args.duckdb_rows, smoke=args.smoke), ""]
     progress("results store")
     lines += ["## Results store writes", "", *_table(("what", "measured", "time"), bench_store(args.shards, 32)), ""]
     lines += ["## GPU", "", *_gpu_note(args.device), ""]

@@ -42,6 +42,7 @@ def _target(lines: list[str]) -> str:
     return targets[0]
 
 
+@pytest.mark.heavy  # trains a model and runs three engines (~1-5 min): `make test-heavy`
 def test_pipeline_section_smoke():
     lines = bench_pipeline(smoke=True)
     assert lines[0] == "## Pipeline overhead"
