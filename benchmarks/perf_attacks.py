@@ -50,7 +50,24 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _reset_peak_rss() -> None:
+    """Reset the process's resident-set high-water mark (Linux: ``clear_refs`` 5), so that the peak read
+    afterwards is the attack's, not an earlier one (imports, the reference pass, FLOP counting)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def _peak_rss_mib() -> float:
+    """VmHWM (peak resident set since the last reset), else ru_maxrss (peak since the process began)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -223,6 +240,7 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     rss0 = _rss_mib()
+    _reset_peak_rss()
     wall = _timed(go, device)
     if device.startswith("cuda"):
         out["peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
