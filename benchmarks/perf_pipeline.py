@@ -132,20 +132,19 @@ class _Collector:
 
 @contextlib.contextmanager
 def _env(**values: str | None) -> Iterator[None]:
+    def apply(env: dict[str, str | None]) -> None:  # None removes the variable
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
     old = {k: os.environ.get(k) for k in values}
     try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        apply(values)
         yield
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        apply(old)
 
 
 @contextlib.contextmanager
