@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -58,6 +59,8 @@ def test_efficiency_child_reports_finite_figures():
 
 
 @pytest.mark.heavy  # ~40 child processes: every section of `make bench` at tiny sizes
+@pytest.mark.skipif(os.environ.get("ADV2_BENCH_TEST") != "1",
+                    reason="opt-in (ADV2_BENCH_TEST=1): over 10 minutes on 2 busy cores, not yet timed idle")
 def test_bench_smoke_writes_every_section(tmp_path):
     import run as bench_run
 
