@@ -442,22 +442,18 @@ def bench_paper_projection(device: str, progress) -> list[str]:
     res = spawn(dict(base, mode="counts", sub_mode="count", jobs=jobs), timeout=1800)["results"]
     counts: dict[tuple[str, str | None], float] = {}
     maps: dict[str, float] = {}
+    mask_at: dict[tuple[str, int], float] = {}  # (attack, stage-2 iterations counted) -> pass-eq per image
     for r in res:
         if r["mode"] == "count_map":
             maps[r["interpreter"]] = r["pass_eq_per_image"]
         elif r["interpreter"] == "mask":
-            sec = paper.adv2.mask if r["attack"] == "adv2" else paper.stadv_adv2.mask
-            key = (r["attack"], "mask")
-            if r["override"]["stage2_steps"] == sec.resolve_every:
-                counts[key + ("lo",)] = r["pass_eq_per_image"]  # type: ignore[operator]
-            else:
-                counts[key + ("hi",)] = r["pass_eq_per_image"]  # type: ignore[operator]
+            mask_at[(r["attack"], r["override"]["stage2_steps"])] = r["pass_eq_per_image"]
         else:
             counts[(r["attack"], r["interpreter"])] = r["pass_eq_per_image"]
     for attack in ("adv2", "stadv-adv2"):
-        lo, hi = counts.pop((attack, "mask", "lo"), None), counts.pop((attack, "mask", "hi"), None)  # type: ignore[arg-type]
+        sec = paper.adv2.mask if attack == "adv2" else paper.stadv_adv2.mask
+        lo, hi = mask_at.get((attack, sec.resolve_every)), mask_at.get((attack, 2 * sec.resolve_every))
         if lo is not None and hi is not None:
-            sec = paper.adv2.mask if attack == "adv2" else paper.stadv_adv2.mask
             counts[(attack, "mask")] = lo + (hi - lo) * (sec.stage2_steps / sec.resolve_every - 1)
     tpass = {m: spawn(dict(model=m.replace("-", ""), batch=10, device=device, mode="tpass"))["s_per_pass_eq_per_image"]
              for m in ("resnet50", "densenet169")}
