@@ -182,6 +182,16 @@ def main(argv: list[str] | None = None) -> int:
         args.mask_iters, args.shards, args.duckdb_rows = 2, 3, 10_000
     t_start = time.perf_counter()
 
+    section_s: dict[str, float] = {}
+    mark = [t_start, "setup"]
+
+    def section(name: str) -> None:
+        """Close the running section (its wall time goes into the report) and open ``name``."""
+        now = time.perf_counter()
+        section_s[mark[1]] = section_s.get(mark[1], 0.0) + now - mark[0]
+        mark[:] = [now, name]
+        progress(name)
+
     def progress(msg: str) -> None:
         print(f"[bench {time.perf_counter() - t_start:6.0f} s] {msg}", file=sys.stderr, flush=True)
 
@@ -198,19 +208,25 @@ def main(argv: list[str] | None = None) -> int:
         "packaged ImageNet weights. Medians of repeats after one warm-up.",
         "",
     ]
-    progress("classifier passes")
+    section("classifier passes")
     lines += ["## Classifier passes", "", *_table(("model", "what", "time"), bench_passes(args.device, args.batch, args.repeats)), ""]
-    progress("interpreter maps")
+    section("interpreter maps")
     lines += ["## Interpreter maps", "",
               *_table(("model", "what", "time"), bench_maps(args.device, args.batch, args.repeats, args.mask_iters)), ""]
 
     eff_rows: list[dict] = []
     if "efficiency" not in args.skip:
         models = {"resnet-mini": args.batch, "densenet-mini": args.batch}
+        section("efficiency, embedded models")
         table, eff_rows = pa.bench_efficiency(models, args.cap, args.device, progress)
+        section("efficiency, efficientnet-lite0")
         eff_224, rows_224 = pa.bench_efficiency({"efficientnet-lite0": args.effnet_batch}, args.effnet_cap,
                                                 args.device, progress)
         eff_rows += rows_224
+        section("memory at the paper's batch sizes")
+        memory = pa.bench_memory_official("efficientnet-lite0", args.device, progress, smoke=args.smoke)
+        section("profiles of the cells that miss")
+        profiles = pa.bench_profiles(eff_rows, args.device, progress)
         lines += ["## Attack efficiency against the pass-count floor", "", pa.EFFICIENCY_METHOD, "",
                   f"Embedded models at 64 px, batch {args.batch}, every loop count capped at {args.cap}:", "",
                   *table, "",
@@ -220,31 +236,37 @@ def main(argv: list[str] | None = None) -> int:
                   "Peak memory of PGD and the ADV² cells at the official batch size of their interpreter (spec 7.3: "
                   "Grad 10, CAM 50, RTS 40, MASK 12; PGD 40), every loop count capped at 1 (the first step "
                   "reaches the peak):", "",
-                  *pa.bench_memory_official("efficientnet-lite0", args.device, progress, smoke=args.smoke), "",
+                  *memory, "",
                   "### Where the time goes in the cells that miss", "",
-                  *pa.bench_profiles(eff_rows, args.device, progress), ""]
+                  *profiles, ""]
     if "loop" not in args.skip and eff_rows:
+        section("loop shape")
         lines += ["## Versus the authors' loop shape", "", pa.LOOP_METHOD, "",
                   *pa.bench_loop_shape("resnet-mini", args.cap, args.loop_images, args.device, eff_rows, progress), ""]
     if "cost" not in args.skip and eff_rows and not args.smoke:
+        section("cost per cell")
         lines += ["## Cost per cell of the quick preset", "", pa.COST_METHOD, "",
                   *pa.bench_cell_cost(["resnet-mini", "densenet-mini"], eff_rows, args.device, progress), ""]
     if "projection" not in args.skip and not args.smoke:
+        section("paper projection")
         lines += ["## Projected wall time of the paper preset", "", *pa.bench_paper_projection(args.device, progress), ""]
     if "pipeline" not in args.skip:
-        progress("pipeline overhead")
+        section("pipeline overhead")
         from perf_pipeline import bench_pipeline
 
         lines += [*bench_pipeline(smoke=args.smoke), ""]
     if "duckdb" not in args.skip:
-        progress("duckdb")
+        section("duckdb")
         from perf_pipeline import bench_duckdb
 
         lines += [*bench_duckdb(rows=args.duckdb_rows, smoke=args.smoke), ""]
-    progress("results store")
+    section("results store")
     lines += ["## Results store writes", "", *_table(("what", "measured", "time"), bench_store(args.shards, 32)), ""]
     lines += ["## GPU", "", *_gpu_note(args.device), ""]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    section("end")
+    lines += ["## Where the benchmark's own time goes", "", *_table(("section", "wall (s)"), [
+        (k, f"{v:.0f}") for k, v in section_s.items() if k != "end"]), ""]
     lines += ["## Memory", "", "Per-attack peaks are in the efficiency tables (each cell measured in its own "
               f"process). Peak resident set size of the parent benchmark process: {peak:.0f} MiB.", "",
               f"Total benchmark wall time: {(time.perf_counter() - t_start) / 60:.1f} min.", ""]

@@ -71,3 +71,28 @@ def test_bench_smoke_writes_every_section(tmp_path):
                   "## DuckDB at scale", "## GPU"):
         assert title in text, title
     assert "PASS" in text or "FAIL" in text
+
+
+@pytest.mark.parametrize("attack,interp", [pytest.param("adv2", "grad", marks=pytest.mark.heavy), ("adv2", "cam")])
+def test_counts_are_affine_in_stage_length(attack, interp):
+    """The paper projection counts every stage at 1/10 and 2/10 of its length and extrapolates linearly.
+    Check that rule at the paper's settings on short stages: counts at lengths L and 2L predict the count
+    at 4L (Grad's stage 2 is four lambda segments plus a best-iterate check every 10 steps, CAM's a
+    growing-c schedule)."""
+    import perf_attacks as pa
+
+    from adv2core.attacks.config import load_preset
+    from adv2core.attacks.registry import attack_config
+
+    section = attack_config(attack, interp, load_preset("paper")).model_dump()
+    base = dict(model="resnet-mini", attack=attack, interpreter=interp, batch=1, cap=None, device="cpu",
+                mode="count", presets=["paper", "paper"])
+    counts = {}
+    for k in (1, 2, 4):
+        over = {"stage1_steps": 10 * k,
+                "stage2_steps": [10 * k] * len(section["stage2_steps"]) if isinstance(section["stage2_steps"], (list, tuple))
+                else 10 * k}
+        counts[k] = pa.child({**base, "override": over})["pass_eq_per_image"]
+    predicted = counts[1] + (counts[2] - counts[1]) * 3
+    assert predicted == pytest.approx(counts[4], rel=0.01), (counts, predicted)
+    assert counts[2] > counts[1]  # the lengths were really changed
