@@ -152,27 +152,23 @@ def test_report_has_the_detection_table_and_plots(run):
     assert (out / "detection_rates.png").is_file() and (out / "detection_roc.png").is_file()
 
 
-def test_rerun_skips_defence_units_and_a_lost_one_is_recomputed_alone(run):
+def test_rerun_skips_defence_units_and_recomputes_only_lost_or_changed_ones(run):
     rc, root, first = run
     rc = _cfg(root, "pipeline.report=false")  # same hashes; no report needed here
     again = run_benchmark(rc, engine="inline")
     assert again["computed"] == 0 and again["skipped"] == first["computed"]
-    n_rows = _q(root, "SELECT count(*) AS n FROM detections")[0]["n"]
-    lost = next(u for u in ResultStore(root).completed_units(rc.config_hash, stage="defence")
-                if u.interpreter == "ensemble")
+    n_fs = _q(root, "SELECT count(*) AS n FROM detections WHERE detector = 'fs'")[0]["n"]
+    lost = next(u for u in ResultStore(root).completed_units(rc.config_hash, stage="defence") if u.interpreter == "fs")
     manifest_path(root, lost).unlink()
-    third = run_benchmark(rc, engine="inline")
-    assert third["computed"] == 1
-    assert _q(root, "SELECT stage, interpreter FROM shards WHERE run_id = ?", [third["run_id"]]) == \
-        [{"stage": "defence", "interpreter": "ensemble"}]
-    assert _q(root, "SELECT count(*) AS n FROM detections")[0]["n"] == n_rows
-    # a changed detector setting recomputes that detector only; its old rows stay under their own hash
+    # ... and a changed ensemble setting: that detector gets a new settings hash; LID is untouched
     other = _cfg(root, "pipeline.report=false", "defence_settings.ensemble.ks=[10]")
     assert other.config_hash == rc.config_hash
-    fourth = run_benchmark(other, engine="inline")
-    assert fourth["computed"] == 1
-    hashes = _q(root, "SELECT DISTINCT defence_hash FROM detections WHERE detector = 'ensemble'")
-    assert len(hashes) == 2 and _q(root, "SELECT count(*) AS n FROM detections")[0]["n"] > n_rows
+    third = run_benchmark(other, engine="inline")
+    assert third["computed"] == 2
+    written = _q(root, "SELECT stage, interpreter FROM shards WHERE run_id = ? ORDER BY interpreter", [third["run_id"]])
+    assert written == [{"stage": "defence", "interpreter": "ensemble"}, {"stage": "defence", "interpreter": "fs"}]
+    assert _q(root, "SELECT count(*) AS n FROM detections WHERE detector = 'fs'")[0]["n"] == n_fs  # rewritten
+    assert len(_q(root, "SELECT DISTINCT defence_hash FROM detections WHERE detector = 'ensemble'")) == 2
 
 
 def test_defence_config_is_checked_and_not_hashed():
@@ -195,3 +191,15 @@ def test_empty_and_populated_detection_views_have_the_same_types(run, tmp_path):
     empty, full = connect(ResultStore(tmp_path / "empty").root), connect(root)
     d1, d2 = empty.sql("DESCRIBE detections").fetchall(), full.sql("DESCRIBE detections").fetchall()
     assert [(r[0], r[1]) for r in d1] == [(r[0], r[1]) for r in d2]
+
+
+def test_calibration_indices_follow_the_selection_and_shrink_at_the_end_of_the_split():
+    from adv2core.defences.stage import calibration_indices, fit_split
+
+    assert calibration_indices(32, 800, 100) == list(range(32, 132))
+    assert calibration_indices(8, 20, 100) == list(range(8, 20))  # imagenet-samples: what is left
+    with pytest.raises(ConfigError, match="calibration images"):
+        calibration_indices(18, 20, 100)
+    for n in (5, 6, 12, 100):
+        k = fit_split(n, 0.5)
+        assert 3 <= k <= n - 2

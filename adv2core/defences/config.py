@@ -102,8 +102,9 @@ class DefenceSettings(_Frozen):
     """
 
     calibration_images: int = Field(
-        100, ge=4, description="benign images drawn right after the run's selected ones (same split); "
-                               "LID fits on the first lid_fit_fraction of them, thresholds use the rest")
+        100, ge=4, description="benign images drawn right after the run's selected ones (same split; fewer when "
+                               "the split ends first); LID fits on the first lid_fit_fraction of them, thresholds "
+                               "use the rest")
     lid_fit_fraction: float = Field(0.5, gt=0, lt=1, description="share of the calibration images LID is fitted on")
     lid_pgd_steps: int | None = Field(
         None, gt=0, description="PGD steps of LID's adversarial fit examples (None: the attack preset's PGD steps)")

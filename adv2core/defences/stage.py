@@ -7,8 +7,8 @@ meaningful against that one threshold; splitting by shard would either repeat th
 for it. Memory stays bounded anyway: :func:`score_model` streams the shards (one shard's images and
 adversarial examples at a time) and keeps only the scores.
 
-Calibration split: the ``calibration_images`` images of the same dataset split that come right after the
-run's selected ones (indices ``num_images .. num_images + calibration_images - 1``), kept when the model
+Calibration split: the (up to) ``calibration_images`` images of the same dataset split that come right after
+the run's selected ones (indices ``num_images .. num_images + calibration_images - 1``), kept when the model
 classifies them correctly under ``data.population = correct`` (the evaluated benign images are such
 images too). They are disjoint from every evaluated image by construction, and :func:`check_disjoint`
 refuses any overlap anyway. LID is fitted on the first ``lid_fit_fraction`` of them (benign, benign +
@@ -62,13 +62,15 @@ def detector_hash(detector: str, settings: DefenceSettings, pgd: Mapping[str, An
     return hashlib.sha256(canonical_json(blob).encode()).hexdigest()[:16]
 
 
-def calibration_indices(n_selected: int, n_available: int, count: int) -> list[int]:
-    """Dataset indices of the calibration images: the ``count`` right after the selected ones."""
-    if n_selected + count > n_available:
+def calibration_indices(n_selected: int, n_available: int, count: int, minimum: int = 4) -> list[int]:
+    """Dataset indices of the calibration images: up to ``count`` right after the selected ones (a small
+    split such as imagenet-samples has fewer; the report shows how many were used), at least ``minimum``."""
+    n = min(count, n_available - n_selected)
+    if n < minimum:
         raise ConfigError(
-            f"the defence stage needs {count} calibration images after the {n_selected} selected ones, but the "
-            f"split has {n_available}; lower defence_settings.calibration_images or data.num_images")
-    return list(range(n_selected, n_selected + count))
+            f"the defence stage needs >= {minimum} calibration images after the {n_selected} selected ones, but "
+            f"the split has {n_available} images; lower data.num_images or use a larger split")
+    return list(range(n_selected, n_selected + n))
 
 
 def fit_split(n: int, fraction: float) -> int:
