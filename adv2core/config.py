@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from adv2core import presets
+from adv2core.defences.config import DefenceSettings
 from adv2core.errors import ConfigError, validate_config
 from adv2core.gates import GatesConfig
 
@@ -179,12 +180,22 @@ class BenchConfig(_Section):
     cross_eval: CrossEvalSection = Field(default_factory=CrossEvalSection)
     pipeline: PipelineSection = Field(default_factory=PipelineSection)
     gates: GatesConfig = Field(default_factory=GatesConfig, description="preflight gates (not hashed; recorded per run)")
+    defences: list[str] = Field(
+        default_factory=list, description="detectors of the defence stage (ensemble, fs, lid; empty: no stage); not "
+                                          "hashed: detection rows carry their own settings hash")
+    defence_settings: DefenceSettings = Field(default_factory=DefenceSettings,
+                                              description="calibration images, detector settings (not hashed)")
 
     @model_validator(mode="after")
     def _check_names(self) -> "BenchConfig":
         _check_names("model", self.models.names, _model_names() + tuple(self.models.custom))
         _check_names("interpreter", self.interpreters.names, _interpreter_names())
         _check_names("attack", self.attacks.names, _attack_names())
+        from adv2core.defences.config import DETECTOR_NAMES
+
+        _check_names("defence", self.defences, DETECTOR_NAMES)
+        if "ensemble" in self.defences and len(self.interpreters.names) < 2:
+            raise ValueError("the ensemble defence compares the run's interpreters: list at least 2 in interpreters.names")
         if self.cross_eval.attacks is not None:
             unknown = [a for a in self.cross_eval.attacks if a not in self.attacks.names]
             if unknown:
@@ -270,7 +281,8 @@ def hashed_view(bench: BenchConfig, attack_params: Mapping[str, Any], interprete
     """Everything that can change a stored result, and nothing that cannot."""
     from adv2core.store.schemas import SCHEMA_VERSION
 
-    d = bench.model_dump(mode="json", exclude={"preset", "description", "pipeline", "gates"})
+    d = bench.model_dump(mode="json", exclude={"preset", "description", "pipeline", "gates", "defences",
+                                                "defence_settings"})
     if not d["models"].get("custom"):
         d["models"].pop("custom", None)  # keeps the hashes of configs without user models unchanged
     d["attacks"].pop("overrides", None)

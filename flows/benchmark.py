@@ -1,4 +1,4 @@
-"""The benchmark flow: plan -> prepare -> attack stage -> cross-evaluation stage -> report stage.
+"""The benchmark flow: plan -> prepare -> attack stage -> cross-evaluation stage -> defence stage -> report.
 
 * **plan** (flow process): resolve the config, open the dataset (its manifest: ids and count), list
   the units — one per (model, interpreter, attack, shard) and one cross-evaluation task per
@@ -9,6 +9,8 @@
 * **attack stage**: one task per pending unit, submitted with ``resources={"GPU": 1}`` on Dask.
 * **cross-evaluation**: one task per (model, shard), submitted as soon as all attack units of that
   (model, shard) are complete, so the stages overlap.
+* **defences** (``defences: [...]``): one task per (model, detector) once its model's shards are done
+  (:mod:`flows.defences`).
 * **report**: DuckDB over the Parquet files -> report files + Prefect artifacts.
 
 Two engines run the same orchestration: Prefect (``benchmark_flow``; a bounded thread pool locally,
@@ -21,13 +23,14 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
 from adv2core.config import BenchConfig, ResolvedConfig
 from adv2core.errors import Adv2Error, ConfigError, one_line
 from adv2core.store import ResultStore, ShardUnit
+from flows.defences import DefencePlan, plan_defences, run_defence_stage
 from flows.progress import Tracker
 from tasks import provenance
 from tasks.transfer import transfer_units
@@ -66,20 +69,22 @@ class Plan:
     skipped_transfer: int = 0
     stale: int = 0  # complete units whose images no longer match the dataset (recomputed)
     forced: frozenset = frozenset()  # those units and (model, shard) groups: rewrite even though complete
+    defence: DefencePlan = field(default_factory=DefencePlan)
 
     @property
     def total_tasks(self) -> int:
-        return len(self.attack_units) + len(self.transfer_groups)
+        return len(self.attack_units) + len(self.transfer_groups) + len(self.defence.units)
 
     @property
     def done_tasks(self) -> int:
-        return self.skipped_attack + self.skipped_transfer
+        return self.skipped_attack + self.skipped_transfer + self.defence.skipped
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "attack_units": len(self.attack_units), "pending_attack": len(self.pending_attack),
             "transfer_tasks": len(self.transfer_groups), "pending_transfer": len(self.pending_transfer),
             "num_images": self.num_images, "dataset_size": self.dataset_size, "stale": self.stale,
+            "defence_units": len(self.defence.units), "pending_defence": len(self.defence.pending),
         }
 
 
@@ -111,7 +116,7 @@ def make_plan(rc: ResolvedConfig, store: ResultStore) -> Plan:
     forced = frozenset(stale) | frozenset((u.model, u.shard) for u in stale)
     return Plan(units, pending, groups, pending_groups, n, n_avail,
                 skipped_attack=len(units) - len(pending), skipped_transfer=len(groups) - len(pending_groups),
-                stale=len(stale), forced=forced)
+                stale=len(stale), forced=forced, defence=plan_defences(rc, complete, stale))
 
 
 def _stale_units(rc: ResolvedConfig, store: ResultStore, ds: Any, complete: set[ShardUnit]) -> set[ShardUnit]:
@@ -237,6 +242,10 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
     started = datetime.now(timezone.utc)
     run = {**run, "code_version": run.get("code_version") or provenance.code_version()}
     preflight: dict[str, Any] = {"gates": rc.bench.gates.model_dump(mode="json"), "models": {}}
+    if rc.bench.defences:  # not hashed: the report finds this run's detection rows by these settings hashes
+        from tasks.defences import defence_hashes
+
+        preflight["defences"] = defence_hashes(rc)
     row_args = dict(run_id=run["run_id"], config_hash=rc.config_hash, preset=rc.bench.preset,
                     config_json=rc.canonical_json(), seed=rc.bench.seed, started_at=started, preflight=preflight)
     device = run.get("device") or rc.bench.pipeline.device
@@ -252,7 +261,8 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
         failures: list[dict[str, Any]] = summary["failures"]
 
         # prepare: models needed by pending work
-        needed = sorted({u.model for u in plan.pending_attack} | {m for m, _ in plan.pending_transfer})
+        needed = sorted({u.model for u in plan.pending_attack} | {m for m, _ in plan.pending_transfer}
+                        | {u.model for u in plan.defence.pending})
         if needed:
             tracker.note(f"preparing {', '.join(needed)} (first use trains embedded models and RTS, cached)")
         prep = {engine.submit(prepare_model, payload, m, gpu=True): m for m in needed}
@@ -330,6 +340,8 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
             else:
                 failures.append({"stage": "transfer", "model": m, "shard": s, "error": one_line(val)})
             tracker.advance(val if ok else {"stage": "transfer", "model": m, "shard": s}, ok)
+        run_defence_stage(rc, payload, run, engine, tracker, plan.defence, plan.attack_units, ready, failures,
+                          done_status)
 
         summary["seconds"] = round(time.perf_counter() - t0, 3)
         summary["computed"] = sum(1 for st in done_status if st == "done")

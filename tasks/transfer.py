@@ -4,7 +4,9 @@ For each source (interpreter i, attack a) of the shard, the adversarial images a
 from the stored int16 perturbation (``apply_int16_perturbation`` on the reloaded clean images: the
 same uint8-quantised image the attack's success was decided on) and re-explained by every
 interpreter j; the rows (i, j) give the transferability matrix, the PGD sources its reference row.
-Each (i, a) is written as its own ``transfer`` unit, so a crash loses at most one of them.
+Each (i, a) is written as its own ``transfer`` unit, so a crash loses at most one of them. Its arrays
+keep every interpreter j's map of the examples (``image_id``, ``map_<j>``: float16, native size), so the
+ensemble defence never explains them again.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def run_transfer_shard(payload: dict[str, Any], run: dict[str, Any], model: str,
     benign_cache: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}  # one benign map per (image set, j)
     # Identical adversarial examples (PGD ignores the interpreter, so its sources coincide) are
     # explained once: key = the exact stored perturbation, targets and images.
-    rows_cache: dict[str, list[dict[str, Any]]] = {}
+    rows_cache: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
     for unit in units:
         deadline.check()
         t0 = time.perf_counter()
@@ -79,6 +81,7 @@ def run_transfer_shard(payload: dict[str, Any], run: dict[str, Any], model: str,
                                 f"its attack shard, which is not complete")
         base = {**identity(rc, run, unit), "source_interpreter": unit.interpreter}
         rows: list[dict[str, Any]] = []
+        arrays: dict[str, Any] | None = None
         arr_file = arrays_path(store.root, src)
         if arr_file.is_file():
             arrs = read_arrays(arr_file)
@@ -99,13 +102,16 @@ def run_transfer_shard(payload: dict[str, Any], run: dict[str, Any], model: str,
                     benign_cache[key] = {n: it.explain(x, y, ids=ids) for n, it in interps.items()}
                 digest = _digest(ids, arrs["perturbation"], arrs["target_class"])
                 if digest not in rows_cache:
-                    rows_cache[digest] = cross_evaluate(model_obj, interps, x, x_adv, y, y_t, ids,
-                                                        benign_maps=benign_cache[key])
-                out = rows_cache[digest]
+                    maps: dict[str, torch.Tensor] = {}
+                    out = cross_evaluate(model_obj, interps, x, x_adv, y, y_t, ids, benign_maps=benign_cache[key],
+                                         maps_out=maps)
+                    rows_cache[digest] = (out, {"image_id": arrs["image_id"], **{
+                        f"map_{n}": m.detach().to("cpu", torch.float16).numpy() for n, m in maps.items()}})
+                out, arrays = rows_cache[digest]
                 for r in out:
                     rows.append({**r, **base, "success": success.get(r["image_id"])})
         table = table_from_rows("transfer", rows)
-        store.write_shard(unit, {"transfer": table}, None, run_id=run["run_id"], seconds=time.perf_counter() - t0)
+        store.write_shard(unit, {"transfer": table}, arrays, run_id=run["run_id"], seconds=time.perf_counter() - t0)
         written += 1
         rows_total += len(rows)
     return unit_summary(first, "done", units=written, rows=rows_total,

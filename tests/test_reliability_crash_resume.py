@@ -67,8 +67,8 @@ def _kill_once(mode: str, engine: str, rng: random.Random, rc, root: Path, logs:
     assert pending >= 4, "scenario too long for the tiny config"
     args = run_args(root, engine=engine)
     if mode.startswith("rename"):
-        # os.replace calls: 1 for the runs row, then 3 per attack unit (npz, parquet, manifest) and 2 per
-        # transfer unit; stay inside the first half of what is left so the kill lands mid-run.
+        # os.replace calls: 1 for the runs row, then 3 per attack unit (npz, parquet, manifest) and 3 per
+        # transfer unit (its maps npz too); stay inside the first half of what is left so the kill lands mid-run.
         n = rng.randint(2, 1 + pending)
         proc = start_cli(args, logs, kill_at_replace=n, kill_after=mode == "rename-after")
         code = proc.wait(timeout=300)

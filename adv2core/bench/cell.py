@@ -299,9 +299,11 @@ def cross_evaluate(
     ids: Sequence[str],
     *,
     benign_maps: Mapping[str, torch.Tensor] | None = None,
+    maps_out: dict[str, torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """Transfer entries (spec 3.3/4): for every eval interpreter j, j's map of x_adv_q for c_t versus
-    j's benign map of x for y. ``benign_maps`` may carry precomputed benign maps by name."""
+    j's benign map of x for y. ``benign_maps`` may carry precomputed benign maps by name; ``maps_out``
+    receives j's adversarial maps by name (the pipeline stores them for the ensemble defence)."""
     ids = list(ids)
     rows: list[dict[str, Any]] = []
     for name, interp in interpreters.items():
@@ -309,6 +311,8 @@ def cross_evaluate(
         if ben is None:
             ben = interp.explain(x, y, ids=ids)
         adv = interp.explain(x_adv_q, y_t, ids=ids)
+        if maps_out is not None:
+            maps_out[name] = adv
         iou = iou_curve(interp.saliency(adv), interp.saliency(ben), DEFAULT_KS)
         cols = {
             "l1": _f(l1_distance(adv, ben)),

@@ -1,4 +1,5 @@
-"""Detectors and defences against ADV^2 (spec 3.3, 3.4), library layer only (no pipeline stages yet).
+"""Detectors and defences against ADV^2 (spec 3.3, 3.4); :mod:`~adv2core.defences.stage` runs them as the
+pipeline's defence stage (``defences: [ensemble, fs, lid]`` in a run config).
 
 * :mod:`~adv2core.defences.squeeze`: feature squeezing (bit depth, median, non-local means; 89 detectors).
 * :mod:`~adv2core.defences.lid`: the LID detector (MLE over minibatches, k by CV, logistic regression).
@@ -14,13 +15,23 @@ from adv2core.defences.calibrate import (
     roc,
     threshold_at_fpr,
 )
-from adv2core.defences.config import CalibrationConfig, DefencesConfig, EnsembleConfig, FSConfig, LIDConfig
+from adv2core.defences.config import (
+    DETECTOR_NAMES,
+    CalibrationConfig,
+    DefenceSettings,
+    DefencesConfig,
+    EnsembleConfig,
+    FSConfig,
+    LIDConfig,
+)
 from adv2core.defences.ensemble import EnsembleDetector, disagreement
 from adv2core.defences.lid import LIDDetector, uniform_noise
 from adv2core.defences.squeeze import FeatureSqueezing, all_scores, combination_names, combinations
 
 __all__ = [
+    "DETECTOR_NAMES",
     "CalibrationConfig",
+    "DefenceSettings",
     "DefencesConfig",
     "DetectionResult",
     "EnsembleConfig",

@@ -88,6 +88,32 @@ class CalibrationConfig(_Frozen):
     alpha: float = Field(0.05, gt=0, lt=1, description="1 - confidence of the Wilson intervals")
 
 
+#: Detectors the pipeline's defence stage can run (``defences: [...]`` in a run config).
+DETECTOR_NAMES = ("ensemble", "fs", "lid")
+#: Xu et al.'s joint ImageNet detector: the stage's default feature-squeezing combination.
+JOINT_FS = "bit5+median2+nlm11-3-4"
+
+
+class DefenceSettings(_Frozen):
+    """Settings of the pipeline's defence stage (``defence_settings`` in a run config).
+
+    Not part of the run's config hash (adding a detector must not recompute the attacks): each detector's
+    rows carry their own settings hash instead (:func:`adv2core.defences.stage.detector_hash`).
+    """
+
+    calibration_images: int = Field(
+        100, ge=4, description="benign images drawn right after the run's selected ones (same split; fewer when "
+                               "the split ends first); LID fits on the first lid_fit_fraction of them, thresholds "
+                               "use the rest")
+    lid_fit_fraction: float = Field(0.5, gt=0, lt=1, description="share of the calibration images LID is fitted on")
+    lid_pgd_steps: int | None = Field(
+        None, gt=0, description="PGD steps of LID's adversarial fit examples (None: the attack preset's PGD steps)")
+    fs: FSConfig = FSConfig(combinations=(JOINT_FS,))
+    lid: LIDConfig = LIDConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+
+
 class DefencesConfig(_Frozen):
     fs: FSConfig = FSConfig()
     lid: LIDConfig = LIDConfig()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from adv2core.errors import ReportError  # noqa: F401 (re-export)
-from adv2core.report import plots
+from adv2core.report import detection, plots
 from adv2core.report.marks import apply_marks, marks_from_run
 from adv2core.report.population import population_table
 from adv2core.report.shape import shape_table
@@ -43,6 +43,7 @@ TABLE_FILES = {
     "status": "table6_status",
     "population": "table0_population",
     "shape": "table7_shape_check",
+    "detection": "table8_detection",
 }
 GRID_IMAGES = 4  # images per sample grid
 
@@ -182,6 +183,9 @@ def build_report(
         marks = marks_from_run(run)
         tables = {key: fn(con, chash) for key, fn in builders.items()}
         tables["shape"] = shape_table(tables["success"], tables["distances"], tables["iou"], tables["localisation"])
+        det = detection.detection_table(con, chash, run, marks)
+        if det is not None:
+            tables["detection"] = det
         tables = {key: apply_marks(t, marks) for key, t in tables.items()}
         if out_dir is None:
             from adv2core.paths import data_root
@@ -190,6 +194,8 @@ def build_report(
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         result = ReportResult(run_id=rid, config_hash=chash, run=run, out_dir=out_dir, tables={})
+        if det is None:
+            result.skipped.append("table 8 (detection): the run has no defence stage (defences: [])")
         for key, table in tables.items():
             if key == "localisation" and table.empty:
                 result.skipped.append("table 5 (localisation): no localisation values (datasets without masks)")
@@ -219,6 +225,11 @@ def _plots(con: Any, root: Path, chash: str, out_dir: Path, load_images: LoadIma
     p = plots.success_l1_bars(t["success"].records, t["distances"].records, out_dir / "success_l1.png")
     if p is not None:
         result.plots[p.stem] = p
+    if "detection" in t:
+        for p in (detection.roc_curves(t["detection"].records, out_dir / "detection_roc.png"),
+                  detection.detection_bars(t["detection"].records, out_dir / "detection_rates.png")):
+            if p is not None:
+                result.plots[p.stem] = p
     _sample_grids(con, root, chash, out_dir, load_images, result)
     result.paths += [result.plots[k] for k in sorted(result.plots)]
 
@@ -227,7 +238,7 @@ def _plots(con: Any, root: Path, chash: str, out_dir: Path, load_images: LoadIma
 def headline_markdown(result: ReportResult) -> str:
     """Compact Markdown for the end of a run: success/confidence, map distances, L1 transfer matrices."""
     parts = [f"## Run {result.run_id} (config {result.config_hash})", ""]
-    for key in ("population", "success", "distances", "shape"):
+    for key in ("population", "success", "distances", "shape", "detection"):
         if key in result.tables:
             parts.append(result.tables[key].markdown(level=3))
     transfer = result.tables.get("transfer")

@@ -10,6 +10,7 @@ Hive folders (``key=value``) that DuckDB turns into filterable columns; heavy ar
     <root>/runs/run_id=<id>.parquet
     <root>/samples/config_hash=<h>/model=<m>/interpreter=<i>/attack=<a>/shard-00003-of-00008.parquet
     <root>/transfer/config_hash=<h>/model=<m>/attack=<a>/source_interpreter=<i>/shard-00003-of-00008.parquet
+    <root>/detections/config_hash=<h>/model=<m>/detector=<d>/defence_hash=<dh>/shard-00000-of-00001.parquet
     <root>/arrays/config_hash=<h>/stage=<s>/model=<m>/interpreter=<i>/attack=<a>/shard-00003-of-00008.npz
     <root>/shards/config_hash=<h>/<stage>+<m>+<i>+<a>+shard-00003-of-00008.parquet
 """
@@ -26,14 +27,15 @@ _COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
 MAX_SHARDS = 99_999  # five digits in the file name
 
 # Which Parquet table a stage writes, and the Hive partition columns of each table (in folder order).
-STAGE_TABLE = {"attack": "samples", "transfer": "transfer"}
+STAGE_TABLE = {"attack": "samples", "transfer": "transfer", "defence": "detections"}
 PARTITIONS: dict[str, tuple[str, ...]] = {
     "samples": ("config_hash", "model", "interpreter", "attack"),
     "transfer": ("config_hash", "model", "attack", "source_interpreter"),
+    "detections": ("config_hash", "model", "detector", "defence_hash"),
     "shards": ("config_hash",),
     "runs": (),
 }
-TABLE_DIRS = ("runs", "samples", "transfer", "shards")
+TABLE_DIRS = ("runs", "samples", "transfer", "detections", "shards")
 ARRAYS_DIR = "arrays"
 TEMP_MARKER = ".tmp-"  # temp names are '<final name>.tmp-<pid>-<random>': never end in .parquet/.npz
 
@@ -54,7 +56,9 @@ class ShardUnit:
     """One unit of work whose results are written (and resumed) as a whole.
 
     For stage ``transfer`` ``interpreter`` is the *source* interpreter whose adversarial images are
-    re-evaluated under the other interpreters.
+    re-evaluated under the other interpreters. For stage ``defence`` (one unit per model and detector,
+    ``shard=0, num_shards=1``) ``interpreter`` holds the detector and ``attack`` its settings hash
+    (:func:`adv2core.defences.stage.detector_hash`).
     """
 
     config_hash: str
@@ -83,7 +87,7 @@ class ShardUnit:
 
     @property
     def table(self) -> str:
-        """The Parquet table this unit's rows go to."""
+        """The Parquet table this unit's rows go to (samples, transfer or detections)."""
         return STAGE_TABLE[self.stage]
 
     @property
@@ -92,6 +96,9 @@ class ShardUnit:
 
     def partition_values(self) -> dict[str, str]:
         """Values of the Hive partition columns of :attr:`table` (they must equal the row values)."""
+        if self.stage == "defence":
+            return {"config_hash": self.config_hash, "model": self.model, "detector": self.interpreter,
+                    "defence_hash": self.attack}
         vals = {"config_hash": self.config_hash, "model": self.model, "attack": self.attack}
         vals["source_interpreter" if self.stage == "transfer" else "interpreter"] = self.interpreter
         return vals

@@ -18,7 +18,10 @@ IOU_KS: tuple[int, ...] = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90)
 IOU_COLUMNS: tuple[str, ...] = tuple(f"iou_k{k:02d}" for k in IOU_KS)
 
 SAMPLE_STATUSES = ("ok", "failed", "error", "excluded")
-STAGES = ("attack", "transfer")
+STAGES = ("attack", "transfer", "defence")
+#: Roles of a detection row: LID's fit images, the benign threshold-calibration images (both disjoint from
+#: the evaluated images), the evaluated benign images, the (successful) adversarial examples.
+DETECTION_ROLES = ("fit", "calibration", "benign", "adversarial")
 
 UTC_US = pa.timestamp("us", tz="UTC")
 
@@ -120,6 +123,32 @@ TRANSFER = _schema(
     ]
 )
 
+# One row per (detector variant, model, role, source attack x attacked interpreter, image): the stage's
+# score and its flag at the threshold calibrated on the 'calibration' rows (adv2core.defences.stage).
+DETECTIONS = _schema(
+    [
+        _req("run_id", pa.string()),
+        _req("config_hash", pa.string()),
+        _req("code_version", pa.string()),
+        _req("seed", pa.int64()),
+        _req("dataset", pa.string()),
+        _req("model", pa.string()),
+        _req("detector", pa.string()),  # ensemble | fs | lid
+        _req("defence_hash", pa.string()),  # the detector's settings (not in config_hash)
+        _req("variant", pa.string()),  # fs: the squeezer combination; lid: k<chosen k>; ensemble: iou
+        _req("role", pa.string()),
+        _req("attack", pa.string()),  # source attack of an adversarial row, 'none' otherwise
+        _req("interpreter", pa.string()),  # attacked interpreter of an adversarial row, 'none' otherwise
+        _req("image_id", pa.string()),  # adversarial rows: the benign image the example was made from
+        _opt("true_class", pa.int16()),
+        _opt("target_class", pa.int16()),  # adversarial rows: c_t
+        _opt("score", pa.float32()),  # higher = more likely adversarial
+        _opt("threshold", pa.float32()),  # flag = score > threshold (target FPR on the calibration rows)
+        _opt("flag", pa.bool_()),  # null on 'fit' rows (in-sample LID scores)
+        _opt("target_fpr", pa.float32()),
+    ]
+)
+
 SHARDS = _schema(
     [
         _req("config_hash", pa.string()),
@@ -137,12 +166,14 @@ SHARDS = _schema(
     ]
 )
 
-SCHEMAS: dict[str, pa.Schema] = {"runs": RUNS, "samples": SAMPLES, "transfer": TRANSFER, "shards": SHARDS}
+SCHEMAS: dict[str, pa.Schema] = {"runs": RUNS, "samples": SAMPLES, "transfer": TRANSFER, "detections": DETECTIONS,
+                                 "shards": SHARDS}
 
 # Columns whose values must come from a fixed vocabulary.
 _ENUMS: dict[tuple[str, str], tuple[str, ...]] = {
     ("samples", "status"): SAMPLE_STATUSES,
     ("shards", "stage"): STAGES,
+    ("detections", "role"): DETECTION_ROLES,
 }
 
 

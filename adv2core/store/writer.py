@@ -114,7 +114,7 @@ class ResultStore:
         run_id: str | None = None,
         seconds: float | None = None,
     ) -> dict[str, Any]:
-        """Write one unit's table (``samples`` for stage attack, ``transfer`` for stage transfer; an
+        """Write one unit's table (``samples``/``transfer``/``detections`` for stage attack/transfer/defence; an
         Arrow table or row dicts), its optional arrays, and finally its manifest row, which is returned.
 
         ``run_id`` defaults to the single run id found in the rows. Raises StoreError (one line)
@@ -186,6 +186,8 @@ class ResultStore:
     def _check_rows_match_unit(unit: ShardUnit, table: pa.Table) -> None:
         """Hive folder values override file columns in DuckDB, so rows must agree with the path."""
         expected: dict[str, Any] = {**unit.partition_values(), "shard": unit.shard, "num_shards": unit.num_shards}
+        if unit.stage == "defence":  # one unit per (model, detector): its rows have no shard columns
+            expected = unit.partition_values()
         for col, val in expected.items():
             seen = set(table.column(col).unique().to_pylist())
             if seen - {val}:

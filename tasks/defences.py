@@ -1,0 +1,116 @@
+"""Defence stage: one task per (model, detector), after the attack and cross-evaluation stages.
+
+Why per model and not per shard: see :mod:`adv2core.defences.stage` (one calibration and one threshold
+per model and detector; the shards are streamed inside the task). The task loads the model, the run's
+interpreters and the dataset by name (:mod:`tasks.worker`), draws the calibration images that follow the
+run's selection, scores everything through :mod:`adv2core.defences.stage` and writes the unit's
+``detections`` rows through the results store (atomic, manifest last: resumable like the other stages).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from adv2core.config import ResolvedConfig, derive_seed
+from adv2core.store import ResultStore, ShardUnit, table_from_rows
+from tasks import worker
+from tasks.common import Deadline, retry_transient, unit_summary
+
+
+def lid_pgd_config(rc: ResolvedConfig) -> Any:
+    """PGD settings of LID's adversarial fit examples: the run's PGD section (the attack preset's when PGD is
+    not run), steps capped by ``defence_settings.lid_pgd_steps`` and ``attacks.step_cap``."""
+    from adv2core.attacks.config import load_preset
+    from tasks.attack import attack_config
+
+    cfg = attack_config(rc).pgd if "pgd" in rc.attack_params else load_preset(rc.bench.attacks.preset).pgd
+    caps = [c for c in (rc.bench.defence_settings.lid_pgd_steps, rc.bench.attacks.step_cap) if c]
+    return cfg.model_copy(update={"steps": min([cfg.steps, *caps])})
+
+
+def defence_units(rc: ResolvedConfig) -> list[ShardUnit]:
+    """One unit per (model, detector); ``attack`` holds the detector's settings hash."""
+    from adv2core.defences.stage import detector_hash
+
+    s = rc.bench.defence_settings
+    pgd = lid_pgd_config(rc).model_dump(mode="json") if "lid" in rc.bench.defences else None
+    return [ShardUnit(rc.config_hash, "defence", m, d, detector_hash(d, s, pgd if d == "lid" else None), 0, 1)
+            for m in rc.bench.models.names for d in rc.bench.defences]
+
+
+def defence_hashes(rc: ResolvedConfig) -> dict[str, str]:
+    """detector -> settings hash of this run (recorded in the run's preflight JSON for the report)."""
+    return {u.interpreter: u.attack for u in defence_units(rc)[: len(rc.bench.defences)]}
+
+
+def run_defence_unit(payload: dict[str, Any], run: dict[str, Any], model: str, detector: str,
+                     force: bool = False) -> dict[str, Any]:
+    """Body of the defence task: calibrate ``detector`` for ``model``, score every shard, write the rows."""
+    from adv2core.bench.cell import select_population
+    from adv2core.defences import stage
+
+    rc = ResolvedConfig.from_payload(payload)
+    worker.setup_worker(rc)
+    worker.set_torch_threads(rc.bench.pipeline.torch_threads)
+    unit = next(u for u in defence_units(rc) if u.model == model and u.interpreter == detector)
+    store = ResultStore(rc.results_root)
+    if not force and store.is_complete(unit):
+        return unit_summary(unit, "skipped")
+    t0 = time.perf_counter()
+    deadline = Deadline(rc.bench.pipeline.shard_budget_s, f"defence {detector} of {model}")
+    device = worker.resolve_device(rc.bench.pipeline.device)
+    ds = worker.get_dataset(rc)
+    settings = rc.bench.defence_settings
+    model_obj = worker.get_model(rc, model, device)
+    names = rc.bench.interpreters.names
+    bs = rc.bench.attacks.batch_size
+    seed = derive_seed(rc.bench.seed, "defence", model, detector)
+
+    n_sel = len(worker.selected_indices(rc, len(ds)))
+    cal_batch, _ = select_population(model_obj, ds.load(stage.calibration_indices(n_sel, len(ds),
+                                                                                  settings.calibration_images)),
+                                     rc.bench.data.population)
+    cal = stage.InputSet(list(cal_batch.ids), cal_batch.images.to(device), cal_batch.labels.long().to(device))
+    fit_rows: list[dict[str, Any]] = []
+    if detector == "fs":
+        scorer = stage.fs_scorer(model_obj, settings)
+    elif detector == "ensemble":
+        scorer = stage.ensemble_scorer(worker.get_interpreters(rc, model, names, device), settings, bs)
+    else:
+        k = stage.fit_split(len(cal.ids), settings.lid_fit_fraction)
+        fit = stage.InputSet(cal.ids[:k], cal.x[:k], cal.cls[:k])
+        cal = stage.InputSet(cal.ids[k:], cal.x[k:], cal.cls[k:])
+        make_adv = stage.pgd_examples(model_obj, lid_pgd_config(rc), seed, bs)
+        scorer, fit_rows = stage.lid_scorer(model_obj, settings, fit, make_adv)
+
+    def shards() -> Iterator[stage.ShardInputs]:
+        attacks = rc.bench.attacks.names
+        for s in range(rc.num_shards):
+            deadline.check()
+            yield stage.shard_inputs(store.root, rc.config_hash, model, names, attacks, s, rc.num_shards,
+                                     ds.load, device)
+
+    rows = stage.score_model(scorer, cal, shards(), settings.calibration.fpr, fit_rows)
+    deadline.check()
+    base = {"run_id": run["run_id"], "config_hash": rc.config_hash, "code_version": run["code_version"],
+            "seed": int(rc.bench.seed), "dataset": rc.bench.data.dataset, "model": model, "detector": detector,
+            "defence_hash": unit.attack, "target_fpr": settings.calibration.fpr}
+    table = table_from_rows("detections", [{**r, **base} for r in rows])
+    seconds = time.perf_counter() - t0
+    store.write_shard(unit, {"detections": table}, None, run_id=run["run_id"], seconds=seconds)
+    return unit_summary(unit, "done", rows=len(rows), seconds=round(seconds, 3), device=worker.device_label(device))
+
+
+defence_task = task(
+    name="defence",
+    task_run_name="defence-{model}-{detector}",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_transient,
+    persist_result=False,
+)(run_defence_unit)
