@@ -27,7 +27,7 @@ from adv2core.models.checkpoint import save_checkpoint
 
 QUICK = load_preset("quick")
 TINY_RTS = dict(decoder_base=8, black_box_autocast="off")
-TINY_AID = dict(iterations=2, batch_size=4, attack_stage1_steps=1, attack_steps=2, lr=1e-2, attack_eps=0.0627,
+TINY_AID = dict(iterations=1, batch_size=2, attack_stage1_steps=1, attack_steps=1, lr=1e-2, attack_eps=0.0627,
                 attack_alpha=0.0157)
 
 
@@ -85,6 +85,7 @@ def test_ensemble_loss_is_the_weighted_sum_of_the_members(model, batch, members,
     torch.testing.assert_close(logits, model(x), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.heavy  # ~40 s of CPU (Grad's double backward for 22 steps)
 def test_ensemble_attack_runs_and_improves_both_maps(model, batch):
     """A short joint attack: both members' maps of x_adv stay closer to their benign maps than the
     members' maps of a PGD example do (the point of attacking both)."""
@@ -184,6 +185,27 @@ def test_straight_through_squeezers_match_the_detector_forward():
     assert int((g == 0).sum()) > 0  # ... the selected one, not to all
 
 
+def test_fs_term_is_the_thresholded_squeezed_distance(model, batch):
+    """fs_term against an independent computation with the detector's squeezers (same forward values)."""
+    from adv2core.attacks import fs_term
+
+    x = batch.images[:2]
+    cfg = QUICK.adv2_fs.cam.model_copy(update={"bit_threshold": 0.01, "median_thresholds": (0.02, 0.0), "fs_weight": 0.5})
+    logits = model(x)
+    got = fs_term(model, x, logits, cfg)
+    p = torch.softmax(logits, 1)
+
+    def dist(sq):
+        return (p - torch.softmax(model(sq), 1)).abs().sum(1)
+
+    want = cfg.bit_weight * F.relu(dist(bit_depth(x, 3)) - 0.75 * 0.01)
+    want = want + cfg.median_weight * (0.75 * F.relu(dist(median(x, 2)) - 0.75 * 0.02) + 0.25 * dist(median(x, 3)))
+    torch.testing.assert_close(got, 0.5 * want, atol=1e-5, rtol=1e-4)
+    off = cfg.model_copy(update={"bit_threshold": 2.0, "median_thresholds": (2.0, 2.0), "margin": 1.0})
+    assert torch.equal(fs_term(model, x, logits, off), torch.zeros(2))  # L1 of softmaxes never exceeds 2
+
+
+@pytest.mark.heavy  # ~110 s of CPU on 2 cores (5 classifier passes per step)
 def test_fs_adaptive_adv2_lowers_the_fs_score(model, batch):
     """On the same images and targets, adv2-fs's examples score lower under the detector's squeezers
     (max over bit3, median2, median3 of the softmax L1, the spec's joint score) than plain ADV^2's."""
@@ -218,7 +240,7 @@ def test_aid_training_changes_the_masker_and_its_inner_attack_stays_in_the_ball(
     assert not rts.masker.training  # restored
 
     before = {k: v.clone() for k, v in rts.masker.state_dict().items()}
-    images, labels = batch.images.repeat(2, 1, 1, 1), batch.labels.repeat(2)
+    images, labels = batch.images, batch.labels
     metrics = fit_aid(rts.masker, model, images, labels, cfg)
     after = rts.masker.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
