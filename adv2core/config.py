@@ -44,7 +44,7 @@ CONFIG_VERSION = 1
 
 KNOWN_DATASETS = ("embedded", "imagenet", "isic", "cifar10", "imagenet-samples")
 #: Attack names the pipeline knows how to schedule (the attacks package may accept a subset).
-KNOWN_ATTACKS = ("pgd", "adv2", "stadv", "stadv-adv2")
+KNOWN_ATTACKS = ("pgd", "adv2", "stadv", "stadv-adv2", "adv2-fs", "adv2-ens")
 
 
 class _Section(BaseModel):
@@ -471,9 +471,9 @@ def _schema(kind: str) -> Any:
         from adv2core.attacks.config import AttacksConfig
 
         return AttacksConfig
-    from adv2core.interpreters.config import MaskConfig, RTSConfig
+    from adv2core.interpreters.config import _SECTIONS
 
-    return {"rts": RTSConfig, "mask": MaskConfig}
+    return dict(_SECTIONS)
 
 
 def _full_dump(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -482,22 +482,27 @@ def _full_dump(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
         from adv2core.attacks.config import AttacksConfig
 
         return validate_config(AttacksConfig, raw).model_dump(mode="json")
-    from adv2core.interpreters.config import MaskConfig, RTSConfig
+    from adv2core.interpreters.config import _SECTIONS, section_input
 
-    sections = {"rts": RTSConfig, "mask": MaskConfig}
+    sections = dict(_SECTIONS)
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise ConfigError(f"invalid interpreters config: unknown section(s) {unknown}; expected {sorted(sections)}")
     out: dict[str, Any] = {}
     for key, cls in sections.items():
         try:
-            out[key] = cls(**(raw.get(key) or {})).model_dump(mode="json")
+            out[key] = cls(**section_input(raw, key)).model_dump(mode="json")
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = ".".join(str(p) for p in err.get("loc", ()))
             msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
             raise ConfigError(f"invalid interpreters config {key}.{loc}: {msg}") from None
     return out
+
+
+#: Attack sections with one sub-section per interpreter, and the attacks that aim at a target map.
+_PER_INTERPRETER_SECTIONS = ("adv2", "stadv_adv2", "adv2_fs")
+_TARGETED_SECTIONS = ("adv2", "stadv_adv2", "adv2_fs", "adv2_ens")
 
 
 def attack_field(attack: str) -> str:
@@ -509,12 +514,15 @@ def _prune(kind: str, full: dict[str, Any], names: list[str], interpreters: list
     """Keep only what the selected names use, so unrelated settings never change the hash."""
     if kind == "interpreters":
         return {k: v for k, v in full.items() if k in names}
+    from adv2core.attacks.config import interpreter_section  # rts-aid is attacked with rts's section
+
     keep = {attack_field(a) for a in names}
     out = {k: v for k, v in full.items() if k in keep}
-    for k in ("adv2", "stadv_adv2"):
+    sections = {interpreter_section(i) for i in interpreters}
+    for k in _PER_INTERPRETER_SECTIONS:
         if k in out and isinstance(out[k], dict):
-            out[k] = {i: v for i, v in out[k].items() if i in interpreters}
-    if any(attack_field(a) in ("adv2", "stadv_adv2") for a in names) and "target" in full:
+            out[k] = {i: v for i, v in out[k].items() if i in sections}
+    if any(attack_field(a) in _TARGETED_SECTIONS for a in names) and "target" in full:
         out["target"] = full["target"]
     return out
 

@@ -1,10 +1,11 @@
 """Attacks: PGD, ADV^2 (Grad, CAM, RTS, MASK), StAdv and StAdv-ADV^2, on one base.
 
-Build one by name with :func:`build_attack` (``pgd``, ``adv2``, ``stadv``, ``stadv-adv2``) or use the
+Build one by name with :func:`build_attack` (``pgd``, ``adv2``, ``stadv``, ``stadv-adv2``, ``adv2-fs``, ``adv2-ens``) or use the
 classes directly (torchattacks-like: hyper-parameters in the constructor, paper defaults). Every attack
 returns an :class:`AttackResult`. Hyper-parameters and presets: :mod:`adv2core.attacks.config`.
 """
 
+from adv2core.attacks.adaptive import ADV2Ensemble, ADV2FSCAM, ADV2FSGrad, ADV2FSRTS, fs_term
 from adv2core.attacks.adv2 import ADV2, ADV2CAM, ADV2Grad, ADV2RTS, BestIterate, JointAttack
 from adv2core.attacks.base import (
     Attack,
@@ -32,7 +33,7 @@ from adv2core.attacks.targets import (
 )
 
 __all__ = [
-    "ADV2", "ADV2CAM", "ADV2Grad", "ADV2Mask", "ADV2RTS", "ATTACK_NAMES", "Attack", "AttackResult",
+    "ADV2", "ADV2CAM", "ADV2Ensemble", "ADV2FSCAM", "ADV2FSGrad", "ADV2FSRTS", "fs_term", "ADV2Grad", "ADV2Mask", "ADV2RTS", "ATTACK_NAMES", "Attack", "AttackResult",
     "AttacksConfig", "BestIterate", "FlowParam", "InterpretationLoss", "InterpretationTerm", "JointAttack",
     "PAPER", "PGD", "SignParam", "StAdv", "StAdvADV2", "StAdvADV2CAM", "StAdvADV2Grad", "StAdvADV2Mask",
     "StAdvADV2RTS", "attack_class", "attack_config", "benign_maps", "build_attack", "check_target_map",

@@ -213,5 +213,5 @@ class ADV2RTS(ADV2CAM):
     1000 steps of CE + c_now * MSE(RTS mask, m_t) + 0.1 * CE(RTS encoder head, c_t), c_now 5 -> 10."""
 
     config_cls = ADV2RTSConfig
-    interpreters = ("rts",)
+    interpreters = ("rts", "rts-aid")
 

@@ -126,6 +126,98 @@ class ADV2MaskConfig(_Frozen):
     early_stop: bool = False
 
 # ----------------------------------------------------------------------------------------------------
+# Adaptive ADV^2 (issue 13): against an interpreter ensemble, and against feature squeezing
+# ----------------------------------------------------------------------------------------------------
+#: Interpreters a sign-step joint attack can differentiate through in one pass (MASK is bilevel).
+ENSEMBLE_MEMBERS = ("grad", "cam", "rts", "rts-aid")
+
+
+class ADV2EnsembleConfig(_Frozen):
+    """ADV^2 against several interpreters at once (:class:`~adv2core.attacks.adaptive.ADV2Ensemble`):
+    stage 2 minimises CE + c_now * sum_k w_k * MSE(g_k(x; c_t), m_k) [+ extra_weight * CE(RTS encoder)],
+    c_now linear c -> growth * c as CAM/RTS. ``members``/``weights`` pair up; the cell's interpreter
+    must be a member (its map is the one the cell evaluates)."""
+
+    eps: Eps = 0.031
+    alpha: Alpha = 1 / 255
+    members: tuple[str, ...] = ("grad", "cam")
+    weights: tuple[Weight, ...] = (1.0, 1.0)
+    stage1_steps: Steps = 300
+    stage1_clip: bool = True
+    stage2_steps: Steps = 1000
+    c: Weight = 5.0
+    c_growth: float = Field(2.0, gt=0)
+    extra_weight: Weight = Field(0.1, description="x CE of the RTS encoder head, when an RTS member is attacked")
+    reduction: Reduction = "mse"
+    early_stop: bool = False
+
+    @model_validator(mode="after")
+    def _members(self) -> "ADV2EnsembleConfig":
+        if len(self.members) < 2 or len(set(self.members)) != len(self.members):
+            raise ValueError(f"members must name two or more distinct interpreters, got {list(self.members)}")
+        bad = [m for m in self.members if m not in ENSEMBLE_MEMBERS]
+        if bad:
+            raise ValueError(f"member {bad[0]!r} cannot be attacked jointly; choose among {', '.join(ENSEMBLE_MEMBERS)}")
+        if len(self.weights) != len(self.members):
+            raise ValueError(f"need one weight per member (got {len(self.weights)} weights, {len(self.members)} members)")
+        if not any(w > 0 for w in self.weights):
+            raise ValueError("at least one member weight must be > 0")
+        return self
+
+
+class FSTermConfig(_Frozen):
+    """The feature-squeezing term of the adaptive ADV^2 (spec 3.4, ``*_attack_acid_fs_untargeted.py``):
+
+        fs_weight * [ bit_weight * relu(D(bit_d) - margin * bit_threshold)
+                      + median_weight * sum_k median_mix_k * relu(D(median_k) - margin * median_threshold_k) ]
+
+    with D(s) = ||softmax f(x) - softmax f(s(x))||_1 through straight-through squeezers (see
+    :mod:`adv2core.defences.squeeze_diff`). Defaults: the paper's CAM/Grad weights (40, 12; RTS 50, 10),
+    mixes (0.75, 0.25), margin 0.75 and its ResNet-50 thresholds."""
+
+    fs_weight: Weight = 1.0
+    bit_depth: int = Field(3, ge=1, le=8, description="bit depth of the squeezer the prediction must survive")
+    bit_weight: Weight = 40.0
+    bit_threshold: float = Field(1.5924778, ge=0, le=2)
+    median_sizes: tuple[Annotated[int, Field(ge=2, le=15)], ...] = (2, 3)
+    median_mix: tuple[Weight, ...] = (0.75, 0.25)
+    median_thresholds: tuple[Annotated[float, Field(ge=0, le=2)], ...] = (0.96955955, 1.3244714)
+    median_weight: Weight = 12.0
+    margin: float = Field(0.75, ge=0, description="a term is active above margin x its FS threshold")
+    median_backward: Literal["exact", "identity"] = Field(
+        "exact", description="exact: gradient to the selected (median) pixel; identity: BPDA")
+    fs_stage1: bool = Field(True, description="also add the term in the warm start (the paper's stage 1 works on the squeezed image)")
+
+    @model_validator(mode="after")
+    def _median_lengths(self) -> "FSTermConfig":
+        if not (len(self.median_sizes) == len(self.median_mix) == len(self.median_thresholds)):
+            raise ValueError("median_sizes, median_mix and median_thresholds need one entry each per median filter")
+        return self
+
+
+class ADV2FSGradConfig(ADV2GradConfig, FSTermConfig):
+    """ADV^2-Grad plus the feature-squeezing term."""
+
+
+class ADV2FSCAMConfig(ADV2CAMConfig, FSTermConfig):
+    """ADV^2-CAM plus the feature-squeezing term."""
+
+
+class ADV2FSRTSConfig(ADV2RTSConfig, FSTermConfig):
+    """ADV^2-RTS plus the feature-squeezing term (paper RTS weights 50 / 10, c 1 -> 2)."""
+
+    bit_weight: Weight = 50.0
+    median_weight: Weight = 10.0
+    c: Weight = 1.0
+
+
+def interpreter_section(interpreter_name: str) -> str:
+    """The per-interpreter config section an interpreter's attacks read: a hardened RTS (``rts-aid``) is
+    attacked with RTS's settings, so before/after-AID numbers differ only in the interpreter."""
+    return "rts" if interpreter_name == "rts-aid" else interpreter_name
+
+
+# ----------------------------------------------------------------------------------------------------
 # Spatial (flow-field) attacks
 # ----------------------------------------------------------------------------------------------------
 class _FlowCommon(_Frozen):
@@ -223,6 +315,12 @@ class ADV2Configs(_Frozen):
     mask: ADV2MaskConfig = ADV2MaskConfig()
 
 
+class ADV2FSConfigs(_Frozen):
+    grad: ADV2FSGradConfig = ADV2FSGradConfig()
+    cam: ADV2FSCAMConfig = ADV2FSCAMConfig()
+    rts: ADV2FSRTSConfig = ADV2FSRTSConfig()
+
+
 class StAdvADV2Configs(_Frozen):
     grad: StAdvADV2GradConfig = StAdvADV2GradConfig()
     cam: StAdvADV2CAMConfig = StAdvADV2CAMConfig()
@@ -240,6 +338,8 @@ class AttacksConfig(_Frozen):
     adv2: ADV2Configs = ADV2Configs()
     stadv: StAdvConfig = StAdvConfig()
     stadv_adv2: StAdvADV2Configs = StAdvADV2Configs()
+    adv2_ens: ADV2EnsembleConfig = ADV2EnsembleConfig()
+    adv2_fs: ADV2FSConfigs = ADV2FSConfigs()
     target: TargetConfig = TargetConfig()
     interpreter_preset: str | None = None
 

@@ -89,5 +89,5 @@ class StAdvADV2RTS(StAdvADV2CAM):
     """StAdv-ADV^2 against RTS: 200 + 600 steps of CE + 0.1 * CE(enc) + tau * L_flow + c_now * MSE."""
 
     config_cls = StAdvADV2RTSConfig
-    interpreters = ("rts",)
+    interpreters = ("rts", "rts-aid")
 

@@ -167,7 +167,66 @@ class RTSConfig(BaseModel):
         return self.model_dump(exclude={"model_confidence"})
 
 
-_SECTIONS: dict[str, type[BaseModel]] = {"rts": RTSConfig, "mask": MaskConfig}
+class AIDConfig(BaseModel):
+    """AID, adversarial interpretation distillation (issue 13; spec 3.3: the paper's objective is not
+    available): fine-tune a trained RTS masking model on ADV^2-RTS examples crafted against its current
+    self. Per iteration, for a batch (x, y), a random target c_t != y and the benign map m_b = g(x; y):
+
+        x_adv = ADV^2-RTS(x -> c_t, m_b) against the current masker (``attack_*``; sign steps in the eps-ball)
+        L = L_sal(x, y) + adv_weight * L_sal(x_adv, f(x_adv)) + sep_weight * relu(sep_margin - |g(x_adv; c_t) - m_b|_1mean)
+
+    L_sal is the RTS training loss (destroyer/preserver/area/smoothness with fake classes) with the labels
+    the black box gives; the last term stops the map of the adversarial input for the class it is
+    classified as from mimicking the benign map. Decoder (and selector, ``train_selector``) are trained;
+    the encoder stays frozen, as in RTS training."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    iterations: int = Field(300, ge=0, **LOOP)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    train_selector: bool = True
+    fake_prob: float = Field(0.3, ge=0, le=1, description="fake-class probability of both L_sal terms")
+    attack_eps: float = Field(0.031, gt=0, le=1)
+    attack_alpha: float = Field(2 / 255, gt=0, le=1)
+    attack_stage1_steps: int = Field(5, ge=0, **LOOP)
+    attack_steps: int = Field(10, ge=1, **LOOP)
+    attack_c: float = Field(10.0, ge=0, description="weight of the MSE map term of the inner ADV^2-RTS")
+    attack_extra_weight: float = Field(0.1, ge=0, description="encoder-head CE of the inner ADV^2-RTS")
+    adv_weight: float = Field(1.0, ge=0)
+    sep_weight: float = Field(1.0, ge=0)
+    sep_margin: float = Field(0.25, ge=0, le=1, description="mean |map difference| the adversarial map must keep from m_b")
+    seed: int = 0
+    min_localization: float = Field(
+        0.3, ge=0, le=1, description="the hardened masker's true-class localisation floor (top-k IoU); below it nothing is cached")
+
+
+class RTSAIDConfig(RTSConfig):
+    """``rts-aid``: the RTS recipe (its base masking model is RTS's, from the same cache) plus :class:`AIDConfig`.
+    In an interpreter preset the ``rts-aid`` section is deep-merged over the ``rts`` one."""
+
+    aid: AIDConfig = AIDConfig()
+
+    def base(self) -> RTSConfig:
+        """The RTS settings of the base masking model (what RTS's cache is keyed by)."""
+        return RTSConfig(**self.model_dump(exclude={"aid"}))
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {"rts": RTSConfig, "mask": MaskConfig, "rts-aid": RTSAIDConfig}
+#: Sections whose input is deep-merged over another's (``rts-aid`` inherits the ``rts`` recipe).
+INHERITS: dict[str, str] = {"rts-aid": "rts"}
+
+
+def section_input(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    """The raw fields of section ``key`` of an interpreter preset, with the section it inherits from below."""
+    own = dict(raw.get(key) or {})
+    parent = INHERITS.get(key)
+    if parent is None:
+        return own
+    base = dict(raw.get(parent) or {})
+    nested = {k: {**(base.get(k) or {}), **v} for k, v in own.items() if isinstance(v, dict) and isinstance(base.get(k), dict)}
+    return {**base, **own, **nested}
 
 
 def preset_names() -> list[str]:
@@ -194,7 +253,7 @@ def load_interpreter_config(preset: str | Path = "paper") -> dict[str, BaseModel
         raise ConfigError(f"{preset}: top-level keys must be among {sorted(_SECTIONS)}, got {sorted(set(raw) - set(_SECTIONS))}")
     out: dict[str, BaseModel] = {}
     for key, cls in _SECTIONS.items():
-        section = raw.get(key) or {}
+        section = section_input(raw, key)
         try:
             out[key] = cls(**section)
         except (ValidationError, TypeError) as exc:

@@ -20,20 +20,21 @@ from pydantic import BaseModel, ValidationError
 
 from adv2core.errors import ConfigError
 from adv2core.interpreters.base import Interpreter
-from adv2core.interpreters.config import MaskConfig, RTSConfig, default_preset, load_interpreter_config
+from adv2core.interpreters.config import MaskConfig, RTSAIDConfig, RTSConfig, default_preset, load_interpreter_config
 from adv2core.models.classifier import Classifier
 
 _CLASSES = {
     "grad": "adv2core.interpreters.grad:Grad",
     "cam": "adv2core.interpreters.cam:CAM",
     "rts": "adv2core.interpreters.rts:RTS",
+    "rts-aid": "adv2core.interpreters.rts:RTSAID",
     "mask": "adv2core.interpreters.mask:MASK",
 }
 INTERPRETER_NAMES = tuple(_CLASSES)
 #: The settings model of the interpreters that have settings (the sections of an interpreter preset).
-CONFIG_CLASSES: dict[str, type[BaseModel]] = {"rts": RTSConfig, "mask": MaskConfig}
+CONFIG_CLASSES: dict[str, type[BaseModel]] = {"rts": RTSConfig, "mask": MaskConfig, "rts-aid": RTSAIDConfig}
 #: Interpreters built from trained weights (a checkpoint path may be given).
-TRAINED = ("rts",)
+TRAINED = ("rts", "rts-aid")
 
 
 def _check_name(name: str) -> None:
@@ -138,6 +139,13 @@ def build_interpreter(
     if not isinstance(spec, InterpreterSpec):
         raise TypeError(f"build_interpreter takes an InterpreterSpec (see interpreter_spec), got {type(spec).__name__}")
     cls: Any = interpreter_class(spec.name)
+    if spec.name == "rts-aid":
+        from adv2core.interpreters.aid import load_or_train_aid_masker
+
+        acfg: Any = spec.config
+        masker, path = load_or_train_aid_masker(model, acfg, checkpoint=spec.checkpoint, data_cfg=data_cfg,
+                                                train_if_missing=train_if_missing, encoder_model=encoder_model)
+        return cls(model, masker, confidence=acfg.model_confidence).with_checkpoint(path)
     if spec.name == "rts":
         from adv2core.interpreters.rts_training import load_or_train_masker
 

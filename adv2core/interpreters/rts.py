@@ -78,3 +78,11 @@ class RTS(Interpreter):
         mask = self.masker.decode(feats, target, self.confidence)[0]
         extra = F.cross_entropy(self.masker.encoder.logits_from(feats[-1]), target, reduction="none")
         return mask, extra
+
+
+class RTSAID(RTS):
+    """RTS with an AID-hardened masking model (:mod:`adv2core.interpreters.aid`): same maps, attack hooks
+    and map size; only the masker's weights differ. Its own name, so runs report ``rts`` and ``rts-aid``
+    side by side."""
+
+    name = "rts-aid"
