@@ -181,8 +181,9 @@ class BenchConfig(_Section):
     pipeline: PipelineSection = Field(default_factory=PipelineSection)
     gates: GatesConfig = Field(default_factory=GatesConfig, description="preflight gates (not hashed; recorded per run)")
     defences: list[str] = Field(
-        default_factory=list, description="detectors of the defence stage (ensemble, fs, lid; empty: no stage); not "
-                                          "hashed: detection rows carry their own settings hash")
+        default_factory=list, description="detectors of the defence stage (ensemble, fs, lid; empty: no stage) and aid "
+                                          "(adds the AID-hardened rts-aid to the interpreters); not hashed: detection "
+                                          "rows carry their own settings hash")
     defence_settings: DefenceSettings = Field(default_factory=DefenceSettings,
                                               description="calibration images, detector settings (not hashed)")
 
@@ -193,7 +194,12 @@ class BenchConfig(_Section):
         _check_names("attack", self.attacks.names, _attack_names())
         from adv2core.defences.config import DETECTOR_NAMES
 
-        _check_names("defence", self.defences, DETECTOR_NAMES)
+        _check_names("defence", self.defences, DETECTOR_NAMES + ("aid",))
+        if "aid" in self.defences:  # AID = the run's RTS attacked again after adversarial distillation
+            if "rts" not in self.interpreters.names:
+                raise ValueError("the aid defence hardens RTS: list rts in interpreters.names")
+            if "rts-aid" not in self.interpreters.names:
+                self.interpreters.names = [*self.interpreters.names, "rts-aid"]
         if "ensemble" in self.defences and len(self.interpreters.names) < 2:
             raise ValueError("the ensemble defence compares the run's interpreters: list at least 2 in interpreters.names")
         if self.cross_eval.attacks is not None:
@@ -203,6 +209,11 @@ class BenchConfig(_Section):
         return self
 
     # ------------------------------------------------------------------ derived values
+    @property
+    def detectors(self) -> list[str]:
+        """The detectors of the defence stage (``defences`` without ``aid``, which is an interpreter)."""
+        return [d for d in self.defences if d != "aid"]
+
     @property
     def num_shards(self) -> int:
         return max(1, math.ceil(self.data.num_images / self.data.shard_size))

@@ -242,7 +242,7 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
     started = datetime.now(timezone.utc)
     run = {**run, "code_version": run.get("code_version") or provenance.code_version()}
     preflight: dict[str, Any] = {"gates": rc.bench.gates.model_dump(mode="json"), "models": {}}
-    if rc.bench.defences:  # not hashed: the report finds this run's detection rows by these settings hashes
+    if rc.bench.detectors:  # not hashed: the report finds this run's detection rows by these settings hashes
         from tasks.defences import defence_hashes
 
         preflight["defences"] = defence_hashes(rc)

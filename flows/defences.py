@@ -32,7 +32,7 @@ class DefencePlan:
 
 def plan_defences(rc: ResolvedConfig, complete: set[ShardUnit], stale: set[ShardUnit]) -> DefencePlan:
     """The run's defence units, the missing ones, and those to rewrite (their model had stale shards)."""
-    if not rc.bench.defences:
+    if not rc.bench.detectors:
         return DefencePlan()
     from tasks.defences import defence_units
 

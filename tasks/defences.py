@@ -37,14 +37,14 @@ def defence_units(rc: ResolvedConfig) -> list[ShardUnit]:
     from adv2core.defences.stage import detector_hash
 
     s = rc.bench.defence_settings
-    pgd = lid_pgd_config(rc).model_dump(mode="json") if "lid" in rc.bench.defences else None
+    pgd = lid_pgd_config(rc).model_dump(mode="json") if "lid" in rc.bench.detectors else None
     return [ShardUnit(rc.config_hash, "defence", m, d, detector_hash(d, s, pgd if d == "lid" else None), 0, 1)
-            for m in rc.bench.models.names for d in rc.bench.defences]
+            for m in rc.bench.models.names for d in rc.bench.detectors]
 
 
 def defence_hashes(rc: ResolvedConfig) -> dict[str, str]:
     """detector -> settings hash of this run (recorded in the run's preflight JSON for the report)."""
-    return {u.interpreter: u.attack for u in defence_units(rc)[: len(rc.bench.defences)]}
+    return {u.interpreter: u.attack for u in defence_units(rc)[: len(rc.bench.detectors)]}
 
 
 def run_defence_unit(payload: dict[str, Any], run: dict[str, Any], model: str, detector: str,

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 from adv2core.errors import ReportError  # noqa: F401 (re-export)
 from adv2core.report import detection, plots
+from adv2core.report.aid import aid_table
 from adv2core.report.marks import apply_marks, marks_from_run
 from adv2core.report.population import population_table
 from adv2core.report.shape import shape_table
@@ -44,6 +45,7 @@ TABLE_FILES = {
     "population": "table0_population",
     "shape": "table7_shape_check",
     "detection": "table8_detection",
+    "aid": "table9_aid",
 }
 GRID_IMAGES = 4  # images per sample grid
 
@@ -183,6 +185,9 @@ def build_report(
         marks = marks_from_run(run)
         tables = {key: fn(con, chash) for key, fn in builders.items()}
         tables["shape"] = shape_table(tables["success"], tables["distances"], tables["iou"], tables["localisation"])
+        aid = aid_table(tables["success"], tables["distances"], tables["iou"], tables["localisation"])
+        if aid is not None:
+            tables["aid"] = aid
         det = detection.detection_table(con, chash, run, marks)
         if det is not None:
             tables["detection"] = det
@@ -238,7 +243,7 @@ def _plots(con: Any, root: Path, chash: str, out_dir: Path, load_images: LoadIma
 def headline_markdown(result: ReportResult) -> str:
     """Compact Markdown for the end of a run: success/confidence, map distances, L1 transfer matrices."""
     parts = [f"## Run {result.run_id} (config {result.config_hash})", ""]
-    for key in ("population", "success", "distances", "shape", "detection"):
+    for key in ("population", "success", "distances", "shape", "detection", "aid"):
         if key in result.tables:
             parts.append(result.tables[key].markdown(level=3))
     transfer = result.tables.get("transfer")
