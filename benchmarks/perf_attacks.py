@@ -476,6 +476,21 @@ def bench_profiles(rows: list[dict], device: str, progress, worst: int = 4) -> l
     return lines
 
 
+#: ADV^2-MASK counts: (fraction of stage 1, outer iterations of stage 2, re-solve period). A count is
+#: a + b1 * stage-1 steps + b2 * outer iterations + r * re-solves (floor(stage 2 / period)); the four
+#: designs give b1 (1 vs 2), r (3 vs 4) and b2 (4 vs 1), so the 1000 paper iterations need only 10.
+MASK_DESIGN = ((0.1, 5, 5), (0.2, 5, 5), (0.1, 10, 5), (0.1, 10, 10))
+
+
+def _mask_extrapolate(c: list[float], stage1: int, stage2: int, every: int) -> float:
+    """The count at the paper's lengths from the four :data:`MASK_DESIGN` counts ``c``."""
+    s1 = [max(1, round(stage1 * f)) for f, _, _ in MASK_DESIGN]
+    b1 = (c[1] - c[0]) / (s1[1] - s1[0])
+    r = c[2] - c[3]
+    b2 = (c[3] - c[0]) / (MASK_DESIGN[3][1] - MASK_DESIGN[0][1])
+    return c[0] + b1 * (stage1 - s1[0]) + b2 * (stage2 - MASK_DESIGN[0][1]) + r * (stage2 // every - 1)
+
+
 #: The two fractions of every stage's length at which the paper-preset counts are taken.
 SCALES = (0.1, 0.2)
 #: The loop counts that set a stage's length (inner solver and period fields keep their paper values).
@@ -510,10 +525,11 @@ def bench_paper_projection(device: str, progress) -> list[str]:
     for attack, interp in CELLS:
         if attack not in bench.attacks.names:
             continue
-        if interp == "mask":  # 1000 outer iterations: count 50 and 100 (one re-solve each 50), extrapolate
-            period = (paper.adv2.mask if attack == "adv2" else paper.stadv_adv2.mask).resolve_every
-            for k in (1, 2):
-                jobs.append(dict(attack=attack, interpreter=interp, override={"stage2_steps": k * period}))
+        if interp == "mask":  # stage 1, outer iterations and re-solves each get their own coefficient
+            s1 = (paper.adv2.mask if attack == "adv2" else paper.stadv_adv2.mask).stage1_steps
+            for d, (f1, s2, every) in enumerate(MASK_DESIGN):
+                jobs.append(dict(attack=attack, interpreter=interp, design=d, override={
+                    "stage1_steps": max(1, round(s1 * f1)), "stage2_steps": s2, "resolve_every": every}))
         else:  # every stage at 1/10 and 2/10 of its length, extrapolated to full length (see SCALES)
             section = attack_config(attack, interp, paper).model_dump()
             for f in SCALES:
@@ -530,7 +546,7 @@ def bench_paper_projection(device: str, progress) -> list[str]:
         if r["mode"] == "count_map":
             maps[r["interpreter"]] = r["pass_eq_per_image"]
         elif r["interpreter"] == "mask":
-            mask_at[(r["attack"], r["override"]["stage2_steps"])] = r["pass_eq_per_image"]
+            mask_at[(r["attack"], r["design"])] = r["pass_eq_per_image"]
         else:
             scaled.setdefault((r["attack"], r["interpreter"]), {})[r["scale"]] = r["pass_eq_per_image"]
     for cell, at in scaled.items():
@@ -538,9 +554,9 @@ def bench_paper_projection(device: str, progress) -> list[str]:
         counts[cell] = ca + (cb - ca) * (1.0 - fa) / (fb - fa)
     for attack in ("adv2", "stadv-adv2"):
         sec = paper.adv2.mask if attack == "adv2" else paper.stadv_adv2.mask
-        lo, hi = mask_at.get((attack, sec.resolve_every)), mask_at.get((attack, 2 * sec.resolve_every))
-        if lo is not None and hi is not None:
-            counts[(attack, "mask")] = lo + (hi - lo) * (sec.stage2_steps / sec.resolve_every - 1)
+        if all((attack, d) in mask_at for d in range(len(MASK_DESIGN))):
+            counts[(attack, "mask")] = _mask_extrapolate([mask_at[(attack, d)] for d in range(len(MASK_DESIGN))],
+                                                         sec.stage1_steps, sec.stage2_steps, sec.resolve_every)
     tpass = {m: spawn(dict(model=m.replace("-", ""), batch=10, device=device, mode="tpass"))["s_per_pass_eq_per_image"]
              for m in ("resnet50", "densenet169")}
     n = bench.data.num_images
@@ -557,8 +573,9 @@ def bench_paper_projection(device: str, progress) -> list[str]:
         "",
         f"Pass-equivalents per image at the paper's step counts, counted at two lengths and extrapolated "
         f"linearly (a count is affine in each stage's length: every step does the same passes): every stage at "
-        f"{SCALES[0]:g} and {SCALES[1]:g} of its length (MASK: stage 2 at 50 and 100 of its 1000 outer iterations, "
-        f"one re-solve per 50; rounding a stage to whole steps moves a figure by under 1 %): " + ", ".join(f"{_label(a, i)} {v:,.0f}" for (a, i), v in counts.items()) + "; maps: "
+        f"{SCALES[0]:g} and {SCALES[1]:g} of its length (MASK: stage 1 at 0.1 and 0.2, stage 2 at 5 and 10 outer "
+        f"iterations with a re-solve every 5 or 10, giving per-step, per-iteration and per-re-solve costs; "
+        f"rounding a stage to whole steps moves a figure by under 1 %): " + ", ".join(f"{_label(a, i)} {v:,.0f}" for (a, i), v in counts.items()) + "; maps: "
         + ", ".join(f"{i} {v:,.0f}" for i, v in maps.items()) + ".",
         "",
         "| model | s per pass-eq per image (batch 10, 224 px, measured) | attacks (pass-eq / image) | benign maps | "

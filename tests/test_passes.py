@@ -96,3 +96,23 @@ def test_counts_are_affine_in_stage_length(attack, interp):
     predicted = counts[1] + (counts[2] - counts[1]) * 3
     assert predicted == pytest.approx(counts[4], rel=0.01), (counts, predicted)
     assert counts[2] > counts[1]  # the lengths were really changed
+
+
+@pytest.mark.heavy  # ~40 s on 2 cores: the re-solves are full MASK explanations
+def test_mask_count_model_predicts_a_longer_run():
+    """ADV²-MASK's projection counts four short designs (stage-1 steps, outer iterations, re-solves) and
+    extrapolates; check the model against a real count at other lengths (quick preset's inner settings)."""
+    import perf_attacks as pa
+
+    from adv2core.attacks.config import load_preset
+
+    s1 = load_preset("quick").adv2.mask.stage1_steps
+    base = dict(model="resnet-mini", attack="adv2", interpreter="mask", batch=1, cap=None, device="cpu",
+                mode="count", presets=["quick", "quick"])
+
+    def count(stage1: int, stage2: int, every: int) -> float:
+        over = {"stage1_steps": stage1, "stage2_steps": stage2, "resolve_every": every}
+        return pa.child({**base, "override": over})["pass_eq_per_image"]
+
+    c = [count(max(1, round(s1 * f)), s2, e) for f, s2, e in pa.MASK_DESIGN]
+    assert pa._mask_extrapolate(c, s1, 20, 5) == pytest.approx(count(s1, 20, 5), rel=0.01)
