@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -142,6 +141,9 @@ def _sync(device: str) -> None:
 
 
 def _timed(fn, device: str, repeats: int = 1) -> float:
+    """Minimum wall time over ``repeats`` runs: interference from other processes only ever adds time,
+    so the minimum is the estimate least disturbed by it (the reference pass gets 3 repeats; an attack 1,
+    which makes its efficiency conservative under load)."""
     times = []
     for _ in range(repeats):
         _sync(device)
@@ -149,7 +151,7 @@ def _timed(fn, device: str, repeats: int = 1) -> float:
         fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
 
 
 def child(job: dict[str, Any]) -> dict[str, Any]:
@@ -432,8 +434,10 @@ def bench_loop_shape(model: str, cap: int, images: int, device: str, eff_rows: l
         ours_ips = e["batch"] / e["wall_s"]
         ratio = ours_ips * r["one_image_s"]
         verdict = _target(ratio, 3.0, at_most=False)
-        if verdict == "FAIL" and r["ceiling"] < 3.0:
+        if verdict == "FAIL" and r["ceiling"] < 3.0 and ratio >= 0.8 * r["ceiling"]:
             verdict = f"out of reach here: the passes themselves gain only {r['ceiling']:.2f}x from batching"
+        elif verdict == "FAIL":
+            verdict = f"FAIL (batching ceiling here {r['ceiling']:.2f}x)"
         lines.append(
             f"| {_label(attack, interp)} | {1 / r['one_image_s']:.2f} | {OFFICIAL_BATCH[interp]}: "
             f"{1 / r['official_batch_s']:.2f} | {e['batch']}: {ours_ips:.2f} | {ratio:.2f}x | {r['ceiling']:.2f}x | "

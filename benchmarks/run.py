@@ -18,6 +18,7 @@ Timings are medians of repeats after a warm-up. Run on a GPU host with ``--devic
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import statistics
@@ -183,12 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
 
     section_s: dict[str, float] = {}
+    load: dict[str, float] = {}  # 1-minute load average at the end of each section (2 cores: > 2 = shared)
     mark = [t_start, "setup"]
 
     def section(name: str) -> None:
         """Close the running section (its wall time goes into the report) and open ``name``."""
         now = time.perf_counter()
         section_s[mark[1]] = section_s.get(mark[1], 0.0) + now - mark[0]
+        load[mark[1]] = os.getloadavg()[0]
         mark[:] = [now, name]
         progress(name)
 
@@ -205,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         f"* device: {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""),
         f"* torch {torch.__version__}, python {platform.python_version()}",
         "* embedded models have random weights (cost does not depend on them); efficientnet-lite0 has its "
-        "packaged ImageNet weights. Medians of repeats after one warm-up.",
+        "packaged ImageNet weights. Sections above the efficiency tables: medians of repeats after one warm-up; attack timings: minimum of repeats (load only adds time), the load average is printed per section below.",
         "",
     ]
     section("classifier passes")
@@ -265,8 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["## GPU", "", *_gpu_note(args.device), ""]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     section("end")
-    lines += ["## Where the benchmark's own time goes", "", *_table(("section", "wall (s)"), [
-        (k, f"{v:.0f}") for k, v in section_s.items() if k != "end"]), ""]
+    lines += ["## Where the benchmark's own time goes", "",
+              f"The 1-minute load average of the machine at the end of each section ({os.cpu_count()} cores: a load "
+              "above that means other processes shared them and the timings of that section are inflated).", "",
+              *_table(("section", "wall (s)", "load at its end"), [
+                  (k, f"{v:.0f}", f"{load[k]:.1f}") for k, v in section_s.items() if k != "end"]), ""]
     lines += ["## Memory", "", "Per-attack peaks are in the efficiency tables (each cell measured in its own "
               f"process). Peak resident set size of the parent benchmark process: {peak:.0f} MiB.", "",
               f"Total benchmark wall time: {(time.perf_counter() - t_start) / 60:.1f} min.", ""]
