@@ -1,14 +1,14 @@
-"""The benchmark flow: plan -> prepare -> attack stage -> cross-evaluation stage -> defence stage -> report.
+"""The benchmark flow: plan -> prepare -> examples/attack/cross-evaluation graph -> defence stage -> report.
 
 * **plan** (flow process): resolve the config, open the dataset (its manifest: ids and count), list
-  the units — one per (model, interpreter, attack, shard) and one cross-evaluation task per
-  (model, shard) — and drop those whose manifest row for this config hash already exists in the store.
+  the units — one per (model, interpreter-free attack, shard) for the examples, one per (model,
+  interpreter, attack, shard) and one cross-evaluation task per (model, shard) — and drop those whose manifest row for this config hash already exists in the store.
   Resumability lives in the data layer, not in Prefect caching (stack-notes 1.2).
 * **prepare**: one task per model that trains/loads its checkpoint (and RTS masking model), so shard
   tasks never race to train.
-* **attack stage**: one task per pending unit, submitted with ``resources={"GPU": 1}`` on Dask.
-* **cross-evaluation**: one task per (model, shard), submitted as soon as all attack units of that
-  (model, shard) are complete, so the stages overlap.
+* **examples, attack, cross-evaluation** (:mod:`flows.stages`): one task per pending unit, submitted with
+  ``resources={"GPU": 1}`` on Dask as soon as what it reads is stored: PGD/StAdv examples once per
+  (model, shard), then their evaluation under each interpreter; cross-evaluation per (model, shard).
 * **defences** (``defences: [...]``): one task per (model, detector) once its model's shards are done
   (:mod:`flows.defences`).
 * **report**: DuckDB over the Parquet files -> report files + Prefect artifacts.
@@ -32,7 +32,9 @@ from adv2core.errors import Adv2Error, ConfigError, one_line
 from adv2core.store import ResultStore, ShardUnit
 from flows.defences import DefencePlan, plan_defences, run_defence_stage
 from flows.progress import Tracker
+from flows.stages import run_attack_graph
 from tasks import provenance
+from tasks.examples import examples_unit, examples_units, interpreter_free
 from tasks.transfer import transfer_units
 
 #: Summaries of flows run in this process, by run id (the CLI reads them after a failed flow).
@@ -67,20 +69,24 @@ class Plan:
     dataset_size: int
     skipped_attack: int = 0
     skipped_transfer: int = 0
+    examples_units: list[ShardUnit] = field(default_factory=list)  # interpreter-free attacks, once per shard
+    pending_examples: list[ShardUnit] = field(default_factory=list)
     stale: int = 0  # complete units whose images no longer match the dataset (recomputed)
     forced: frozenset = frozenset()  # those units and (model, shard) groups: rewrite even though complete
     defence: DefencePlan = field(default_factory=DefencePlan)
 
     @property
     def total_tasks(self) -> int:
-        return len(self.attack_units) + len(self.transfer_groups) + len(self.defence.units)
+        return len(self.examples_units) + len(self.attack_units) + len(self.transfer_groups) + len(self.defence.units)
 
     @property
     def done_tasks(self) -> int:
-        return self.skipped_attack + self.skipped_transfer + self.defence.skipped
+        skipped_examples = len(self.examples_units) - len(self.pending_examples)
+        return skipped_examples + self.skipped_attack + self.skipped_transfer + self.defence.skipped
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "examples_units": len(self.examples_units), "pending_examples": len(self.pending_examples),
             "attack_units": len(self.attack_units), "pending_attack": len(self.pending_attack),
             "transfer_tasks": len(self.transfer_groups), "pending_transfer": len(self.pending_transfer),
             "num_images": self.num_images, "dataset_size": self.dataset_size, "stale": self.stale,
@@ -114,8 +120,12 @@ def make_plan(rc: ResolvedConfig, store: ResultStore) -> Plan:
     groups = [(m, s) for m in b.models.names for s in range(num_shards)] if rc.cross_eval_attacks else []
     pending_groups = [g for g in groups if any(u not in complete for u in transfer_units(rc, *g))]
     forced = frozenset(stale) | frozenset((u.model, u.shard) for u in stale)
+    ex_units = examples_units(rc)
+    needed = {examples_unit(rc, u.model, u.attack, u.shard) for u in pending if interpreter_free(u.attack)}
+    pending_ex = [e for e in ex_units if e in needed and (e not in complete or e in forced)]
     return Plan(units, pending, groups, pending_groups, n, n_avail,
                 skipped_attack=len(units) - len(pending), skipped_transfer=len(groups) - len(pending_groups),
+                examples_units=ex_units, pending_examples=pending_ex,
                 stale=len(stale), forced=forced, defence=plan_defences(rc, complete, stale))
 
 
@@ -124,13 +134,15 @@ def _stale_units(rc: ResolvedConfig, store: ResultStore, ds: Any, complete: set[
 
     The hash covers a folder dataset's path, not its files: if images were added or removed there, a
     shard's rows would silently describe other images. One DuckDB query over the ``samples`` ids finds
-    such units; they are recomputed (overwritten in place), and their cross-evaluation with them.
+    such units (and one over the ``examples`` ids); they are recomputed (overwritten in place), and their
+    cross-evaluation and evaluations with them.
     """
     from adv2core.store import run_sql
     from tasks import worker
 
     attack_done = [u for u in complete if u.stage == "attack"]
-    if not attack_done:
+    ex_done = [u for u in complete if u.stage == "examples"]
+    if not attack_done and not ex_done:
         return set()
     t = run_sql(store.root, "SELECT model, interpreter, attack, shard, list(image_id ORDER BY image_id) AS ids "
                             "FROM samples WHERE config_hash = ? GROUP BY ALL", [rc.config_hash])
@@ -138,6 +150,15 @@ def _stale_units(rc: ResolvedConfig, store: ResultStore, ds: Any, complete: set[
     expected = {s: sorted(ds.ids[i] for i in worker.shard_dataset_indices(rc, len(ds), s))
                 for s in range(rc.num_shards)}
     stale = {u for u in attack_done if stored.get((u.model, u.interpreter, u.attack, u.shard)) != expected[u.shard]}
+    if ex_done:  # examples stored for other images are recomputed, with every unit evaluating them
+        t = run_sql(store.root, "SELECT model, attack, shard, list(image_id ORDER BY image_id) AS ids FROM examples "
+                                "WHERE config_hash = ? GROUP BY ALL", [rc.config_hash])
+        got = {(r["model"], r["attack"], r["shard"]): r["ids"] for r in t.to_pylist()}
+        bad = {u for u in ex_done if got.get((u.model, u.attack, u.shard)) != expected[u.shard]}
+        stale |= bad | {u for u in attack_done if any((e.model, e.attack, e.shard) == (u.model, u.attack, u.shard)
+                                                      for e in bad)}
+    stale |= {examples_unit(rc, u.model, u.attack, u.shard) for u in stale
+              if u.stage == "attack" and interpreter_free(u.attack)} & set(ex_done)
     stale |= {u for u in complete if u.stage == "transfer" and any(
         (a.model, a.shard) == (u.model, u.shard) for a in stale)}
     return stale
@@ -233,9 +254,7 @@ def _is_user_error(exc: BaseException) -> bool:
 # ---------------------------------------------------------------------------------------- orchestration
 def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: Tracker) -> dict[str, Any]:
     """The stages, shared by both engines. Returns the run summary (plain data)."""
-    from tasks.attack import attack_shard
     from tasks.prepare import prepare_model
-    from tasks.transfer import transfer_shard
 
     payload = rc.to_payload()
     store = ResultStore(rc.results_root)
@@ -262,6 +281,7 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
 
         # prepare: models needed by pending work
         needed = sorted({u.model for u in plan.pending_attack} | {m for m, _ in plan.pending_transfer}
+                        | {u.model for u in plan.pending_examples}
                         | {u.model for u in plan.defence.pending})
         if needed:
             tracker.note(f"preparing {', '.join(needed)} (first use trains embedded models and RTS, cached)")
@@ -284,62 +304,9 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
         store.write_run(provenance.run_row(**row_args, device=device, status="running"))
         tracker.start(plan.total_tasks, plan.done_tasks)  # after preparation, so rate and ETA are the shards'
 
-        # attack stage, with cross-evaluation submitted as each (model, shard) completes
-        waiting: dict[tuple[str, int], set[ShardUnit]] = {g: set() for g in plan.pending_transfer}
-        for u in plan.pending_attack:
-            if (u.model, u.shard) in waiting and u.attack in rc.cross_eval_attacks:
-                waiting[(u.model, u.shard)].add(u)
-        blocked: set[tuple[str, int]] = set()
+        # examples, attack units and cross-evaluation, each submitted as soon as its inputs are stored
         done_status: list[str | None] = []
-        transfer_futs: dict[Any, tuple[str, int]] = {}
-
-        def submit_transfer(g: tuple[str, int]) -> None:
-            transfer_futs[engine.submit(transfer_shard, payload, run, g[0], g[1], g in plan.forced, gpu=True)] = g
-
-        attack_futs: dict[Any, ShardUnit] = {}
-        for u in plan.pending_attack:
-            if u.model not in ready:
-                blocked.add((u.model, u.shard))
-                tracker.advance({"stage": "attack", "model": u.model, "interpreter": u.interpreter,
-                                 "attack": u.attack, "shard": u.shard}, False)
-                continue
-            attack_futs[engine.submit(attack_shard, payload, run, u.model, u.interpreter, u.attack, u.shard,
-                                      u in plan.forced, gpu=True)] = u
-        for g in plan.pending_transfer:  # all its sources were already complete
-            if not waiting[g] and g[0] in ready:
-                submit_transfer(g)
-        for fut in engine.as_completed(list(attack_futs)):
-            u = attack_futs[fut]
-            ok, val = engine.outcome(fut)
-            info = val if ok else {"stage": "attack", "model": u.model, "interpreter": u.interpreter,
-                                   "attack": u.attack, "shard": u.shard}
-            if ok:
-                done_status.append(val.get("status"))
-                if val.get("device"):
-                    devices.add(str(val["device"]))
-            else:
-                failures.append({**info, "error": one_line(val)})
-            tracker.advance(info, ok)
-            g = (u.model, u.shard)
-            if g in waiting and u in waiting[g]:
-                waiting[g].discard(u)
-                if not ok:
-                    blocked.add(g)
-                elif not waiting[g] and g not in blocked:
-                    submit_transfer(g)
-        for g in plan.pending_transfer:
-            if g in blocked or g[0] not in ready:
-                failures.append({"stage": "transfer", "model": g[0], "shard": g[1],
-                                 "error": "skipped: an attack shard it needs failed"})
-                tracker.advance({"stage": "transfer", "model": g[0], "shard": g[1]}, False)
-        for fut in engine.as_completed(list(transfer_futs)):
-            m, s = transfer_futs[fut]
-            ok, val = engine.outcome(fut)
-            if ok:
-                done_status.append(val.get("status"))
-            else:
-                failures.append({"stage": "transfer", "model": m, "shard": s, "error": one_line(val)})
-            tracker.advance(val if ok else {"stage": "transfer", "model": m, "shard": s}, ok)
+        run_attack_graph(rc, payload, run, engine, tracker, plan, ready, failures, done_status, devices)
         run_defence_stage(rc, payload, run, engine, tracker, plan.defence, plan.attack_units, ready, failures,
                           done_status)
 
