@@ -1,7 +1,8 @@
 """The benchmark flow: plan -> prepare -> examples/attack/cross-evaluation graph -> defence stage -> report.
 
 * **plan** (flow process): resolve the config, open the dataset (its manifest: ids and count), list
-  the units — one per (model, interpreter-free attack, shard) for the examples, one per (model,
+  the units — one per (model, interpreter, shard) for the benign maps, one per (model, interpreter-free
+  attack, shard) for the examples, one per (model,
   interpreter, attack, shard) and one cross-evaluation task per (model, shard) — and drop those whose manifest row for this config hash already exists in the store.
   Resumability lives in the data layer, not in Prefect caching (stack-notes 1.2).
 * **prepare**: one task per model that trains/loads its checkpoint (and RTS masking model), so shard
@@ -34,6 +35,7 @@ from flows.defences import DefencePlan, plan_defences, run_defence_stage
 from flows.progress import Tracker
 from flows.stages import run_attack_graph
 from tasks import provenance
+from tasks.benign import benign_unit, benign_units
 from tasks.examples import examples_unit, examples_units, interpreter_free
 from tasks.transfer import transfer_units
 
@@ -71,21 +73,25 @@ class Plan:
     skipped_transfer: int = 0
     examples_units: list[ShardUnit] = field(default_factory=list)  # interpreter-free attacks, once per shard
     pending_examples: list[ShardUnit] = field(default_factory=list)
+    benign_units: list[ShardUnit] = field(default_factory=list)  # benign maps, once per (model, interp, shard)
+    pending_benign: list[ShardUnit] = field(default_factory=list)
     stale: int = 0  # complete units whose images no longer match the dataset (recomputed)
     forced: frozenset = frozenset()  # those units and (model, shard) groups: rewrite even though complete
     defence: DefencePlan = field(default_factory=DefencePlan)
 
     @property
     def total_tasks(self) -> int:
-        return len(self.examples_units) + len(self.attack_units) + len(self.transfer_groups) + len(self.defence.units)
+        return len(self.benign_units) + len(self.examples_units) + len(self.attack_units) + len(self.transfer_groups) + len(self.defence.units)
 
     @property
     def done_tasks(self) -> int:
-        skipped_examples = len(self.examples_units) - len(self.pending_examples)
-        return skipped_examples + self.skipped_attack + self.skipped_transfer + self.defence.skipped
+        skipped_first = len(self.benign_units) + len(self.examples_units) - len(self.pending_benign) \
+            - len(self.pending_examples)
+        return skipped_first + self.skipped_attack + self.skipped_transfer + self.defence.skipped
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "benign_units": len(self.benign_units), "pending_benign": len(self.pending_benign),
             "examples_units": len(self.examples_units), "pending_examples": len(self.pending_examples),
             "attack_units": len(self.attack_units), "pending_attack": len(self.pending_attack),
             "transfer_tasks": len(self.transfer_groups), "pending_transfer": len(self.pending_transfer),
@@ -123,9 +129,13 @@ def make_plan(rc: ResolvedConfig, store: ResultStore) -> Plan:
     ex_units = examples_units(rc)
     needed = {examples_unit(rc, u.model, u.attack, u.shard) for u in pending if interpreter_free(u.attack)}
     pending_ex = [e for e in ex_units if e in needed and (e not in complete or e in forced)]
+    ben_units = benign_units(rc)
+    needed = {benign_unit(rc, u.model, u.interpreter, u.shard) for u in pending}
+    pending_ben = [e for e in ben_units if e in needed and (e not in complete or e in forced)]
     return Plan(units, pending, groups, pending_groups, n, n_avail,
                 skipped_attack=len(units) - len(pending), skipped_transfer=len(groups) - len(pending_groups),
-                examples_units=ex_units, pending_examples=pending_ex,
+                examples_units=ex_units, pending_examples=pending_ex, benign_units=ben_units,
+                pending_benign=pending_ben,
                 stale=len(stale), forced=forced, defence=plan_defences(rc, complete, stale))
 
 
@@ -159,6 +169,8 @@ def _stale_units(rc: ResolvedConfig, store: ResultStore, ds: Any, complete: set[
                                                       for e in bad)}
     stale |= {examples_unit(rc, u.model, u.attack, u.shard) for u in stale
               if u.stage == "attack" and interpreter_free(u.attack)} & set(ex_done)
+    # benign rows hold only the attacked images: their units follow the attack units of their shard
+    stale |= {benign_unit(rc, u.model, u.interpreter, u.shard) for u in stale if u.stage == "attack"} & complete
     stale |= {u for u in complete if u.stage == "transfer" and any(
         (a.model, a.shard) == (u.model, u.shard) for a in stale)}
     return stale
@@ -281,7 +293,7 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
 
         # prepare: models needed by pending work
         needed = sorted({u.model for u in plan.pending_attack} | {m for m, _ in plan.pending_transfer}
-                        | {u.model for u in plan.pending_examples}
+                        | {u.model for u in plan.pending_examples} | {u.model for u in plan.pending_benign}
                         | {u.model for u in plan.defence.pending})
         if needed:
             tracker.note(f"preparing {', '.join(needed)} (first use trains embedded models and RTS, cached)")

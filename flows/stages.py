@@ -1,9 +1,11 @@
-"""The attack graph of a run: examples -> attack units -> cross-evaluation, as each input completes.
+"""The attack graph of a run: benign maps, examples -> attack units -> cross-evaluation, as inputs complete.
 
+* **benign**: one task per (model, interpreter, shard) (:mod:`tasks.benign`), submitted first: the maps
+  every attack unit of the shard and the cross-evaluation read.
 * **examples**: one task per (model, interpreter-free attack, shard) (PGD, StAdv; :mod:`tasks.examples`),
   submitted first.
-* **attack**: one task per (model, interpreter, attack, shard). Units of an interpreter-free attack are
-  submitted when their examples unit completes (they only measure those examples); the others at once.
+* **attack**: one task per (model, interpreter, attack, shard), submitted when its benign unit (and, for
+  an interpreter-free attack, its examples unit: it only measures those examples) is stored.
 * **cross-evaluation**: one task per (model, shard), submitted as soon as all its cross-evaluated attack
   units are complete, so the stages overlap.
 
@@ -30,6 +32,7 @@ def run_attack_graph(rc: ResolvedConfig, payload: dict[str, Any], run: dict[str,
                      devices: set[str]) -> None:
     """Run the plan's pending examples, attack and cross-evaluation tasks to completion (or failure)."""
     from tasks.attack import attack_shard
+    from tasks.benign import benign_shard, benign_unit
     from tasks.examples import examples_unit, interpreter_free
     from tasks.transfer import transfer_shard
 
@@ -40,11 +43,17 @@ def run_attack_graph(rc: ResolvedConfig, payload: dict[str, Any], run: dict[str,
     blocked: set[tuple[str, int]] = set()
     transfer_futs: dict[Any, tuple[str, int]] = {}
     futs: dict[Any, ShardUnit] = {}
-    after: dict[ShardUnit, list[ShardUnit]] = {e: [] for e in plan.pending_examples}
+    first = [*plan.pending_benign, *plan.pending_examples]  # what attack units read
+    after: dict[ShardUnit, list[ShardUnit]] = {e: [] for e in first}
+    needs: dict[ShardUnit, set[ShardUnit]] = {}  # attack unit -> its prerequisites not yet stored
 
     def submit(u: ShardUnit) -> None:
-        futs[engine.submit(attack_shard, payload, run, u.model, u.interpreter, u.attack, u.shard,
-                           u in plan.forced, gpu=True)] = u
+        if u.stage == "benign":
+            fut = engine.submit(benign_shard, payload, run, u.model, u.interpreter, u.shard, u in plan.forced, gpu=True)
+        else:
+            fut = engine.submit(attack_shard, payload, run, u.model, u.interpreter, u.attack, u.shard,
+                                u in plan.forced, gpu=True)
+        futs[fut] = u
 
     def submit_transfer(g: tuple[str, int]) -> None:
         transfer_futs[engine.submit(transfer_shard, payload, run, g[0], g[1], g in plan.forced, gpu=True)] = g
@@ -59,7 +68,7 @@ def run_attack_graph(rc: ResolvedConfig, payload: dict[str, Any], run: dict[str,
             elif not waiting[g] and g not in blocked:
                 submit_transfer(g)
 
-    for e in plan.pending_examples:
+    for e in first:
         if e.model in ready:
             submit(e)
         else:
@@ -69,9 +78,14 @@ def run_attack_graph(rc: ResolvedConfig, payload: dict[str, Any], run: dict[str,
             blocked.add((u.model, u.shard))
             tracker.advance(_info(u), False)
             continue
-        e = examples_unit(rc, u.model, u.attack, u.shard) if interpreter_free(u.attack) else None
-        if e is not None and e in after:
-            after[e].append(u)  # submitted when its examples are stored
+        pre = {benign_unit(rc, u.model, u.interpreter, u.shard)}
+        if interpreter_free(u.attack):
+            pre.add(examples_unit(rc, u.model, u.attack, u.shard))
+        pre &= set(after)
+        for e in pre:
+            after[e].append(u)
+        if pre:
+            needs[u] = pre  # submitted when they are stored
         else:
             submit(u)
     for g in plan.pending_transfer:  # all its sources were already complete
@@ -89,16 +103,23 @@ def run_attack_graph(rc: ResolvedConfig, payload: dict[str, Any], run: dict[str,
             else:
                 failures.append({**info, "error": one_line(val)})
             tracker.advance(info, ok)
-            if u.stage == "examples":
-                deps = after.pop(u, [])
-                for d in deps:
-                    if ok:
-                        submit(d)
-                    else:
-                        failures.append({**_info(d), "error": f"skipped: its {u.attack} examples failed"})
+            if u in after:  # a benign or examples unit: release (or fail) what waits for it
+                released = False
+                for d in after.pop(u):
+                    if d not in needs:  # already failed through another prerequisite
+                        continue
+                    if not ok:
+                        del needs[d]
+                        failures.append({**_info(d), "error": f"skipped: its {u.stage} unit failed"})
                         tracker.advance(_info(d), False)
                         finished(d, False)
-                if ok and deps:
+                        continue
+                    needs[d].discard(u)
+                    if not needs[d]:
+                        del needs[d]
+                        submit(d)
+                        released = True
+                if released:
                     break  # collect again, now with the new futures
                 continue
             finished(u, ok)

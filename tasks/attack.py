@@ -1,6 +1,6 @@
 """Attack stage: one task per (model, interpreter, attack, shard), never per image.
 
-Interpreter-free attacks (PGD, StAdv) are computed once per (model, shard) as an ``examples`` unit
+Benign maps come from the shard's ``benign`` unit (:mod:`tasks.benign`). Interpreter-free attacks (PGD, StAdv) are computed once per (model, shard) as an ``examples`` unit
 (interpreter ``none``); their (model, interpreter, attack, shard) units then only measure those stored
 examples under the interpreter (:mod:`tasks.examples`), writing the same ``samples`` rows and arrays.
 
@@ -53,6 +53,7 @@ def run_attack_shard(payload: dict[str, Any], run: dict[str, Any], model: str, i
     A complete unit is skipped (a concurrent or earlier run wrote it) unless ``force`` (the plan found
     it stale: its stored images differ from the shard's current ones).
     """
+    from tasks.benign import StoredBenign, benign_unit
     from tasks.examples import evaluate_examples_shard, interpreter_free
 
     rc = ResolvedConfig.from_payload(payload)
@@ -78,6 +79,7 @@ def run_attack_shard(payload: dict[str, Any], run: dict[str, Any], model: str, i
     run_cell = _run_cell_fn()
     base = identity(rc, run, unit) if examples else {**identity(rc, run, unit), "interpreter": interpreter}
     keys = EXAMPLE_ARRAY_KEYS if examples else ARRAY_KEYS
+    stored = None if examples else StoredBenign(store, benign_unit(rc, model, interpreter, shard))
 
     rows: list[dict[str, Any]] = []
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
@@ -87,8 +89,9 @@ def run_attack_shard(payload: dict[str, Any], run: dict[str, Any], model: str, i
         batch = ds.load(indices[start:start + bs])  # unreadable images -> batch.errors -> 'error' rows
         batch, excluded = select_population(model_obj, batch, rc.bench.data.population)
         rows.extend({**r, **base} for r in excluded)
+        benign = stored.get(list(batch.ids), device) if stored is not None else None  # the benign stage's maps
         res = run_cell(model, None if examples else interpreter, attack, batch, cfg, seed=int(rc.bench.seed), device=device,
-                       model=model_obj, interpreter=interp_obj, oom=rc.bench.attacks.oom)
+                       model=model_obj, interpreter=interp_obj, oom=rc.bench.attacks.oom, benign_maps=benign)
         cell_rows = [{**r, **base} for r in res.rows]
         rows.extend(cell_rows)
         if len(batch):

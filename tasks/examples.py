@@ -61,6 +61,7 @@ def evaluate_examples_shard(rc: ResolvedConfig, run: dict[str, Any], unit: Shard
     from adv2core.bench.evaluate import evaluate_examples
     from adv2core.metrics import apply_int16_perturbation
     from tasks.attack import ARRAY_KEYS, attack_config
+    from tasks.benign import StoredBenign, benign_unit
 
     src = examples_unit(rc, unit.model, unit.attack, unit.shard)
     if not store.is_complete(src):
@@ -81,6 +82,7 @@ def evaluate_examples_shard(rc: ResolvedConfig, run: dict[str, Any], unit: Shard
     interp = worker.get_interpreter(rc, unit.model, unit.interpreter, device)
     preset = attack_config(rc)
     base = {**identity(rc, run, unit), "interpreter": unit.interpreter}
+    stored = StoredBenign(store, benign_unit(rc, unit.model, unit.interpreter, unit.shard))
 
     rows: list[dict[str, Any]] = [{**r, **base} for r in ex_rows if r["image_id"] not in pos]
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ARRAY_KEYS}
@@ -102,7 +104,7 @@ def evaluate_examples_shard(rc: ResolvedConfig, run: dict[str, Any], unit: Shard
         y = torch.as_tensor(arrs["true_class"][sel]).to(device)
         y_t = torch.as_tensor(arrs["target_class"][sel]).to(device)
         ev = evaluate_examples(preset, interp, x, x_q, y, y_t, ids, [by_id[i] for i in ids],
-                               seed=int(rc.bench.seed), masks=b.masks)
+                               seed=int(rc.bench.seed), masks=b.masks, benign_maps=stored.get(ids, device))
         rows.extend({**r, **base} for r in ev.rows)
         for k in ARRAY_KEYS[:6]:
             parts[k].append(arrs[k][sel])

@@ -54,9 +54,10 @@ def _expected(rc):
         "examples": m * f * n,
         "transfer": m * x * i * i * n,  # every source (interp, attack) x every evaluation interpreter
         "examples_units": m * f * s,
+        "benign_units": m * i * s,
         "attack_units": m * i * a * s,
         "transfer_units": m * x * i * s,
-        "tasks": m * f * s + m * i * a * s + (m * s if x else 0),
+        "tasks": m * i * s + m * f * s + m * i * a * s + (m * s if x else 0),
     }
 
 
@@ -73,7 +74,7 @@ def test_smoke_rows_are_exact_and_carry_their_identity(smoke):
                             "image_id)) FROM transfer WHERE config_hash = ?", [h]).to_pylist()[0].values()
     assert n == keys == exp["transfer"]
     stages = {r["stage"]: r["n"] for r in run_sql(root, "SELECT stage, count(*) AS n FROM shards GROUP BY stage").to_pylist()}
-    assert stages == {"examples": exp["examples_units"], "attack": exp["attack_units"],
+    assert stages == {"benign": exp["benign_units"], "examples": exp["examples_units"], "attack": exp["attack_units"],
                       "transfer": exp["transfer_units"]}
     n, keys = run_sql(root, "SELECT count(*), count(DISTINCT (model, attack, image_id)) FROM examples "
                             "WHERE config_hash = ?", [h]).to_pylist()[0].values()
@@ -221,13 +222,13 @@ def test_changed_folder_dataset_recomputes_only_the_shards_that_changed(tmp_path
                 "attacks.names=[pgd]", "attacks.step_cap=2", "pipeline.report=false",
                 "gates.enabled=false", "data.population=all")  # random pixels: accuracy is meaningless
     first = run_benchmark(rc, engine="inline")
-    assert first["computed"] == 2 + 2 + 2  # 2 PGD examples shards, 2 attack (evaluation) shards, 2 cross-evaluations
+    assert first["computed"] == 2 + 2 + 2 + 2  # per shard: benign maps, PGD examples, their evaluation, cross-eval.
     add("c0/a.png")  # sorts first: shard 0 becomes (a, b), shard 1 (d, e); f drops out of the selection
     from tasks import worker
 
     worker.clear_caches()  # a new process would rescan the folder
     second = run_benchmark(rc, engine="inline")
-    assert second["plan"]["stale"] == 2 * 3 and second["computed"] == 6
+    assert second["plan"]["stale"] == 2 * 4 and second["computed"] == 8
     ids = run_sql(tmp_path / "res", "SELECT shard, list(image_id ORDER BY image_id) AS ids FROM samples "
                                     "GROUP BY shard ORDER BY shard").to_pylist()
     assert [r["ids"] for r in ids] == [["c0/a.png", "c0/b.png"], ["c1/d.png", "c1/e.png"]]
@@ -278,23 +279,44 @@ def test_pgd_runs_once_per_model_and_shard_and_each_interpreter_measures_it(smok
                         assert s[k] == pytest.approx(r[k], rel=1e-3, abs=1e-4), (interp_name, k)
 
 
-def test_attack_registry_runs_pgd_once_per_shard_with_two_interpreters(tmp_path, monkeypatch):
-    """Instrumented: the PGD attack is called once per attacked batch of each shard, not once per interpreter."""
+def test_pgd_once_per_shard_and_benign_maps_once_per_interpreter_with_two_interpreters(tmp_path, monkeypatch):
+    """Instrumented: PGD attacks each image once (not once per interpreter), and each interpreter explains
+    each clean image for its label once (the benign stage), although two units and the cross-evaluation use it."""
+    import traceback
+
     from adv2core.attacks.base import Attack
+    from adv2core.interpreters.cam import CAM
+    from adv2core.interpreters.grad import Grad
+    from tasks import worker
 
-    calls: list[tuple[str, tuple[str, ...]]] = []
-    original = Attack.__call__
+    attacked: list[str] = []
+    explained: list[tuple[str, str, int]] = []  # (interpreter, image id, class explained)
+    attack_call = Attack.__call__
 
-    def counting(self, x, target, **kw):
-        calls.append((self.name, tuple(kw.get("ids") or ())))
-        return original(self, x, target, **kw)
+    def counting_attack(self, x, target, **kw):
+        if self.name == "pgd":
+            attacked.extend(kw.get("ids") or ())
+        return attack_call(self, x, target, **kw)
 
-    monkeypatch.setattr(Attack, "__call__", counting)
-    rc = _smoke(tmp_path, "attacks.names=[pgd]", "attacks.step_cap=1", "cross_eval.enabled=false",
-                "pipeline.report=false", "interpreters.names=[grad, cam]")
+    def counting_explain(cls):
+        original = cls.explain
+
+        def explain(self, x, target, *, ids=None):
+            if not any(f.filename.endswith("gates.py") for f in traceback.extract_stack()):  # not the preflight
+                explained.extend((self.name, i, int(t)) for i, t in zip(ids or [], target.tolist()))
+            return original(self, x, target, ids=ids)
+        return explain
+
+    monkeypatch.setattr(Attack, "__call__", counting_attack)
+    for cls in (Grad, CAM):
+        monkeypatch.setattr(cls, "explain", counting_explain(cls))
+    rc = _smoke(tmp_path, "attacks.names=[pgd]", "attacks.step_cap=1", "pipeline.report=false",
+                "interpreters.names=[grad, cam]", "gates.enabled=false")
     run_benchmark(rc, engine="inline")
-    pgd = [ids for name, ids in calls if name == "pgd"]
-    images = [i for ids in pgd for i in ids]
-    assert pgd and len(images) == len(set(images))  # no image attacked twice
     n = run_sql(tmp_path, "SELECT count(DISTINCT image_id) AS n FROM samples WHERE status IN ('ok', 'failed')")
-    assert len(images) == n.to_pylist()[0]["n"]
+    assert attacked and len(attacked) == len(set(attacked)) == n.to_pylist()[0]["n"]  # no image attacked twice
+    ds = worker.get_dataset(rc)
+    every = ds.load(list(range(len(ds))))
+    label = dict(zip(every.ids, every.labels.tolist()))
+    benign = [(name, i) for name, i, c in explained if c == label[i]]  # PGD's targets differ from the labels
+    assert sorted(benign) == sorted({(name, i) for name in ("grad", "cam") for i in attacked})  # each once
