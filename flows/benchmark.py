@@ -1,14 +1,16 @@
-"""The benchmark flow: plan -> prepare -> attack stage -> cross-evaluation stage -> defence stage -> report.
+"""The benchmark flow: plan -> prepare -> benign/examples/attack/cross-evaluation graph -> defences -> report.
 
-* **plan** (flow process): resolve the config, open the dataset (its manifest: ids and count), list
-  the units — one per (model, interpreter, attack, shard) and one cross-evaluation task per
-  (model, shard) — and drop those whose manifest row for this config hash already exists in the store.
-  Resumability lives in the data layer, not in Prefect caching (stack-notes 1.2).
+* **plan** (flow process, :mod:`flows.plan`): resolve the config, open the dataset (its manifest: ids and
+  count), list the units — benign maps per (model, interpreter, shard), examples per (model,
+  interpreter-free attack, shard), attack units per (model, interpreter, attack, shard), one
+  cross-evaluation task per (model, shard) — and drop those whose manifest row for this config hash
+  already exists in the store. Resumability lives in the data layer, not in Prefect caching (stack-notes 1.2).
 * **prepare**: one task per model that trains/loads its checkpoint (and RTS masking model), so shard
   tasks never race to train.
-* **attack stage**: one task per pending unit, submitted with ``resources={"GPU": 1}`` on Dask.
-* **cross-evaluation**: one task per (model, shard), submitted as soon as all attack units of that
-  (model, shard) are complete, so the stages overlap.
+* **benign, examples, attack, cross-evaluation** (:mod:`flows.stages`): one task per pending unit,
+  submitted with ``resources={"GPU": 1}`` on Dask as soon as what it reads is stored: benign maps and
+  PGD/StAdv examples first, then the attack units (PGD/StAdv ones only measure the stored examples),
+  then the cross-evaluation of each (model, shard).
 * **defences** (``defences: [...]``): one task per (model, detector) once its model's shards are done
   (:mod:`flows.defences`).
 * **report**: DuckDB over the Parquet files -> report files + Prefect artifacts.
@@ -23,17 +25,17 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
 from adv2core.config import BenchConfig, ResolvedConfig
 from adv2core.errors import Adv2Error, ConfigError, one_line
-from adv2core.store import ResultStore, ShardUnit
-from flows.defences import DefencePlan, plan_defences, run_defence_stage
+from adv2core.store import ResultStore
+from flows.defences import run_defence_stage
+from flows.plan import Plan, make_plan  # noqa: F401 - Plan: re-exported
 from flows.progress import Tracker
+from flows.stages import run_attack_graph
 from tasks import provenance
-from tasks.transfer import transfer_units
 
 #: Summaries of flows run in this process, by run id (the CLI reads them after a failed flow).
 LAST_SUMMARY: dict[str, dict[str, Any]] = {}
@@ -52,95 +54,6 @@ def _failed(summary: dict[str, Any]) -> BenchmarkFailed:
     first = summary["failures"][0].get("error") if n else summary.get("error")
     return BenchmarkFailed(f"{n} shard task(s) failed (first: {first}); completed shards are stored, "
                            f"rerun to resume", summary)
-
-
-# ---------------------------------------------------------------------------------------- plan
-@dataclass
-class Plan:
-    """What a run will do. Units are the store's shard-units; groups are cross-evaluation tasks."""
-
-    attack_units: list[ShardUnit]
-    pending_attack: list[ShardUnit]
-    transfer_groups: list[tuple[str, int]]
-    pending_transfer: list[tuple[str, int]]
-    num_images: int
-    dataset_size: int
-    skipped_attack: int = 0
-    skipped_transfer: int = 0
-    stale: int = 0  # complete units whose images no longer match the dataset (recomputed)
-    forced: frozenset = frozenset()  # those units and (model, shard) groups: rewrite even though complete
-    defence: DefencePlan = field(default_factory=DefencePlan)
-
-    @property
-    def total_tasks(self) -> int:
-        return len(self.attack_units) + len(self.transfer_groups) + len(self.defence.units)
-
-    @property
-    def done_tasks(self) -> int:
-        return self.skipped_attack + self.skipped_transfer + self.defence.skipped
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "attack_units": len(self.attack_units), "pending_attack": len(self.pending_attack),
-            "transfer_tasks": len(self.transfer_groups), "pending_transfer": len(self.pending_transfer),
-            "num_images": self.num_images, "dataset_size": self.dataset_size, "stale": self.stale,
-            "defence_units": len(self.defence.units), "pending_defence": len(self.defence.pending),
-        }
-
-
-def make_plan(rc: ResolvedConfig, store: ResultStore) -> Plan:
-    """All units of the run and the ones still missing for this config hash."""
-    from tasks import worker
-
-    worker.setup_worker(rc)
-    ds = worker.get_dataset(rc)
-    n_avail = len(ds)
-    if n_avail == 0:
-        raise ConfigError(f"dataset {rc.bench.data.dataset!r} ({rc.bench.data.split}) has no images")
-    n = min(rc.bench.data.num_images, n_avail)
-    num_shards = rc.num_shards
-    if n < num_shards:
-        raise ConfigError(f"data.num_images={rc.bench.data.num_images} but the dataset has only {n_avail} images "
-                          f"(fewer than {num_shards} shards); lower data.num_images or data.shard_size")
-    b = rc.bench
-    units = [
-        ShardUnit(rc.config_hash, "attack", m, i, a, s, num_shards)
-        for m in b.models.names for i in b.interpreters.names for a in b.attacks.names for s in range(num_shards)
-    ]
-    complete = store.completed_units(rc.config_hash)
-    stale = _stale_units(rc, store, ds, complete)
-    complete -= stale
-    pending = [u for u in units if u not in complete]
-    groups = [(m, s) for m in b.models.names for s in range(num_shards)] if rc.cross_eval_attacks else []
-    pending_groups = [g for g in groups if any(u not in complete for u in transfer_units(rc, *g))]
-    forced = frozenset(stale) | frozenset((u.model, u.shard) for u in stale)
-    return Plan(units, pending, groups, pending_groups, n, n_avail,
-                skipped_attack=len(units) - len(pending), skipped_transfer=len(groups) - len(pending_groups),
-                stale=len(stale), forced=forced, defence=plan_defences(rc, complete, stale))
-
-
-def _stale_units(rc: ResolvedConfig, store: ResultStore, ds: Any, complete: set[ShardUnit]) -> set[ShardUnit]:
-    """Complete units whose stored image ids differ from the shard's current images.
-
-    The hash covers a folder dataset's path, not its files: if images were added or removed there, a
-    shard's rows would silently describe other images. One DuckDB query over the ``samples`` ids finds
-    such units; they are recomputed (overwritten in place), and their cross-evaluation with them.
-    """
-    from adv2core.store import run_sql
-    from tasks import worker
-
-    attack_done = [u for u in complete if u.stage == "attack"]
-    if not attack_done:
-        return set()
-    t = run_sql(store.root, "SELECT model, interpreter, attack, shard, list(image_id ORDER BY image_id) AS ids "
-                            "FROM samples WHERE config_hash = ? GROUP BY ALL", [rc.config_hash])
-    stored = {(r["model"], r["interpreter"], r["attack"], r["shard"]): r["ids"] for r in t.to_pylist()}
-    expected = {s: sorted(ds.ids[i] for i in worker.shard_dataset_indices(rc, len(ds), s))
-                for s in range(rc.num_shards)}
-    stale = {u for u in attack_done if stored.get((u.model, u.interpreter, u.attack, u.shard)) != expected[u.shard]}
-    stale |= {u for u in complete if u.stage == "transfer" and any(
-        (a.model, a.shard) == (u.model, u.shard) for a in stale)}
-    return stale
 
 
 # ---------------------------------------------------------------------------------------- engines
@@ -233,9 +146,7 @@ def _is_user_error(exc: BaseException) -> bool:
 # ---------------------------------------------------------------------------------------- orchestration
 def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: Tracker) -> dict[str, Any]:
     """The stages, shared by both engines. Returns the run summary (plain data)."""
-    from tasks.attack import attack_shard
     from tasks.prepare import prepare_model
-    from tasks.transfer import transfer_shard
 
     payload = rc.to_payload()
     store = ResultStore(rc.results_root)
@@ -262,6 +173,7 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
 
         # prepare: models needed by pending work
         needed = sorted({u.model for u in plan.pending_attack} | {m for m, _ in plan.pending_transfer}
+                        | {u.model for u in plan.pending_examples} | {u.model for u in plan.pending_benign}
                         | {u.model for u in plan.defence.pending})
         if needed:
             tracker.note(f"preparing {', '.join(needed)} (first use trains embedded models and RTS, cached)")
@@ -284,62 +196,9 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
         store.write_run(provenance.run_row(**row_args, device=device, status="running"))
         tracker.start(plan.total_tasks, plan.done_tasks)  # after preparation, so rate and ETA are the shards'
 
-        # attack stage, with cross-evaluation submitted as each (model, shard) completes
-        waiting: dict[tuple[str, int], set[ShardUnit]] = {g: set() for g in plan.pending_transfer}
-        for u in plan.pending_attack:
-            if (u.model, u.shard) in waiting and u.attack in rc.cross_eval_attacks:
-                waiting[(u.model, u.shard)].add(u)
-        blocked: set[tuple[str, int]] = set()
+        # examples, attack units and cross-evaluation, each submitted as soon as its inputs are stored
         done_status: list[str | None] = []
-        transfer_futs: dict[Any, tuple[str, int]] = {}
-
-        def submit_transfer(g: tuple[str, int]) -> None:
-            transfer_futs[engine.submit(transfer_shard, payload, run, g[0], g[1], g in plan.forced, gpu=True)] = g
-
-        attack_futs: dict[Any, ShardUnit] = {}
-        for u in plan.pending_attack:
-            if u.model not in ready:
-                blocked.add((u.model, u.shard))
-                tracker.advance({"stage": "attack", "model": u.model, "interpreter": u.interpreter,
-                                 "attack": u.attack, "shard": u.shard}, False)
-                continue
-            attack_futs[engine.submit(attack_shard, payload, run, u.model, u.interpreter, u.attack, u.shard,
-                                      u in plan.forced, gpu=True)] = u
-        for g in plan.pending_transfer:  # all its sources were already complete
-            if not waiting[g] and g[0] in ready:
-                submit_transfer(g)
-        for fut in engine.as_completed(list(attack_futs)):
-            u = attack_futs[fut]
-            ok, val = engine.outcome(fut)
-            info = val if ok else {"stage": "attack", "model": u.model, "interpreter": u.interpreter,
-                                   "attack": u.attack, "shard": u.shard}
-            if ok:
-                done_status.append(val.get("status"))
-                if val.get("device"):
-                    devices.add(str(val["device"]))
-            else:
-                failures.append({**info, "error": one_line(val)})
-            tracker.advance(info, ok)
-            g = (u.model, u.shard)
-            if g in waiting and u in waiting[g]:
-                waiting[g].discard(u)
-                if not ok:
-                    blocked.add(g)
-                elif not waiting[g] and g not in blocked:
-                    submit_transfer(g)
-        for g in plan.pending_transfer:
-            if g in blocked or g[0] not in ready:
-                failures.append({"stage": "transfer", "model": g[0], "shard": g[1],
-                                 "error": "skipped: an attack shard it needs failed"})
-                tracker.advance({"stage": "transfer", "model": g[0], "shard": g[1]}, False)
-        for fut in engine.as_completed(list(transfer_futs)):
-            m, s = transfer_futs[fut]
-            ok, val = engine.outcome(fut)
-            if ok:
-                done_status.append(val.get("status"))
-            else:
-                failures.append({"stage": "transfer", "model": m, "shard": s, "error": one_line(val)})
-            tracker.advance(val if ok else {"stage": "transfer", "model": m, "shard": s}, ok)
+        run_attack_graph(rc, payload, run, engine, tracker, plan, ready, failures, done_status, devices)
         run_defence_stage(rc, payload, run, engine, tracker, plan.defence, plan.attack_units, ready, failures,
                           done_status)
 

@@ -1,5 +1,9 @@
 """Attack stage: one task per (model, interpreter, attack, shard), never per image.
 
+Benign maps come from the shard's ``benign`` unit (:mod:`tasks.benign`). Interpreter-free attacks (PGD, StAdv) are computed once per (model, shard) as an ``examples`` unit
+(interpreter ``none``); their (model, interpreter, attack, shard) units then only measure those stored
+examples under the interpreter (:mod:`tasks.examples`), writing the same ``samples`` rows and arrays.
+
 The task receives only names and the small resolved-config payload, loads the model and interpreter
 inside the worker (per-thread cache, :mod:`tasks.worker`), runs the bench cell over the shard in
 batches, writes the shard's ``samples`` rows and its heavy arrays through the results store (atomic,
@@ -17,6 +21,8 @@ from prefect.cache_policies import NO_CACHE
 
 from adv2core.config import ResolvedConfig
 from adv2core.store import ResultStore, ShardUnit, table_from_rows
+from adv2core.store.schemas import schema_for
+from adv2core.store.layout import NO_INTERPRETER
 from tasks import worker
 from tasks.common import Deadline, identity, retry_transient, to_numpy, unit_summary
 
@@ -47,13 +53,20 @@ def run_attack_shard(payload: dict[str, Any], run: dict[str, Any], model: str, i
     A complete unit is skipped (a concurrent or earlier run wrote it) unless ``force`` (the plan found
     it stale: its stored images differ from the shard's current ones).
     """
+    from tasks.benign import StoredBenign, benign_unit
+    from tasks.examples import evaluate_examples_shard, interpreter_free
+
     rc = ResolvedConfig.from_payload(payload)
     worker.setup_worker(rc)
     worker.set_torch_threads(rc.bench.pipeline.torch_threads)
-    unit = ShardUnit(rc.config_hash, "attack", model, interpreter, attack, shard, rc.num_shards)
+    examples = interpreter == NO_INTERPRETER
+    unit = ShardUnit(rc.config_hash, "examples" if examples else "attack", model, interpreter, attack, shard,
+                     rc.num_shards)
     store = ResultStore(rc.results_root)
     if not force and store.is_complete(unit):
         return unit_summary(unit, "skipped")
+    if not examples and interpreter_free(attack):
+        return evaluate_examples_shard(rc, run, unit, store)
     t0 = time.perf_counter()
     deadline = Deadline(rc.bench.pipeline.shard_budget_s, f"{model}/{interpreter}/{attack} {unit.shard_name}")
     device = worker.resolve_device(rc.bench.pipeline.device)
@@ -61,31 +74,37 @@ def run_attack_shard(payload: dict[str, Any], run: dict[str, Any], model: str, i
     indices = worker.shard_dataset_indices(rc, len(ds), shard)
     index_of = {ds.ids[i]: i for i in indices}
     model_obj = worker.get_model(rc, model, device)
-    interp_obj = worker.get_interpreter(rc, model, interpreter, device)
+    interp_obj = None if examples else worker.get_interpreter(rc, model, interpreter, device)
     cfg = attack_config(rc)
     run_cell = _run_cell_fn()
-    base = {**identity(rc, run, unit), "interpreter": interpreter}
+    base = identity(rc, run, unit) if examples else {**identity(rc, run, unit), "interpreter": interpreter}
+    keys = EXAMPLE_ARRAY_KEYS if examples else ARRAY_KEYS
+    stored = None if examples else StoredBenign(store, benign_unit(rc, model, interpreter, shard))
 
     rows: list[dict[str, Any]] = []
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ARRAY_KEYS}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     bs = rc.bench.attacks.batch_size
     for start in range(0, len(indices), bs):
         deadline.check()
         batch = ds.load(indices[start:start + bs])  # unreadable images -> batch.errors -> 'error' rows
         batch, excluded = select_population(model_obj, batch, rc.bench.data.population)
         rows.extend({**r, **base} for r in excluded)
-        res = run_cell(model, interpreter, attack, batch, cfg, seed=int(rc.bench.seed), device=device,
-                       model=model_obj, interpreter=interp_obj, oom=rc.bench.attacks.oom)
+        benign = stored.get(list(batch.ids), device) if stored is not None else None  # the benign stage's maps
+        res = run_cell(model, None if examples else interpreter, attack, batch, cfg, seed=int(rc.bench.seed), device=device,
+                       model=model_obj, interpreter=interp_obj, oom=rc.bench.attacks.oom, benign_maps=benign)
         cell_rows = [{**r, **base} for r in res.rows]
         rows.extend(cell_rows)
         if len(batch):
             _collect_arrays(parts, batch, res, cell_rows, index_of)
     deadline.check()
 
-    table = table_from_rows("samples", rows)
+    if examples:
+        allowed = set(schema_for("examples").names)
+        rows = [{k: v for k, v in r.items() if k in allowed} for r in rows]
+    table = table_from_rows(unit.table, rows)
     arrays = {k: np.concatenate(v) for k, v in parts.items() if v} or None
     seconds = time.perf_counter() - t0
-    store.write_shard(unit, {"samples": table}, arrays, run_id=run["run_id"], seconds=seconds)
+    store.write_shard(unit, {unit.table: table}, arrays, run_id=run["run_id"], seconds=seconds)
     n_ok = sum(1 for r in rows if r.get("status") == "ok")
     n_success = sum(1 for r in rows if r.get("success"))
     return unit_summary(unit, "done", rows=len(rows), ok=n_ok, success=n_success, seconds=round(seconds, 3),
@@ -94,6 +113,8 @@ def run_attack_shard(payload: dict[str, Any], run: dict[str, Any], model: str, i
 
 #: Arrays stored per attack shard (one entry per attacked image, in row order of the ok/failed rows).
 ARRAY_KEYS = ("image_id", "index", "true_class", "target_class", "success", "perturbation", "benign_maps", "adv_maps")
+#: Arrays of an ``examples`` unit: no maps (they belong to an interpreter).
+EXAMPLE_ARRAY_KEYS = ARRAY_KEYS[:6]
 
 
 def _collect_arrays(parts: dict[str, list[np.ndarray]], batch: Any, res: Any, cell_rows: list[dict[str, Any]],
@@ -107,8 +128,9 @@ def _collect_arrays(parts: dict[str, list[np.ndarray]], batch: Any, res: Any, ce
     parts["target_class"].append(to_numpy(res.target_classes, np.int64))
     parts["success"].append(np.asarray([bool(by_id.get(i, {}).get("success")) for i in ids], dtype=bool))
     parts["perturbation"].append(to_numpy(res.perturbation_int16, np.int16))
-    parts["benign_maps"].append(to_numpy(res.benign_maps, np.float16))
-    parts["adv_maps"].append(to_numpy(res.adv_maps, np.float16))
+    if "benign_maps" in parts:
+        parts["benign_maps"].append(to_numpy(res.benign_maps, np.float16))
+        parts["adv_maps"].append(to_numpy(res.adv_maps, np.float16))
 
 
 attack_shard = task(

@@ -3,7 +3,7 @@
 For each source (interpreter i, attack a) of the shard, the adversarial images are rebuilt exactly
 from the stored int16 perturbation (``apply_int16_perturbation`` on the reloaded clean images: the
 same uint8-quantised image the attack's success was decided on) and re-explained by every
-interpreter j; the rows (i, j) give the transferability matrix, the PGD sources its reference row.
+interpreter j (against j's benign maps from the ``benign`` stage); the rows (i, j) give the transferability matrix, the PGD sources its reference row.
 Each (i, a) is written as its own ``transfer`` unit, so a crash loses at most one of them. Its arrays
 keep every interpreter j's map of the examples (``image_id``, ``map_<j>``: float16, native size), so the
 ensemble defence never explains them again.
@@ -24,6 +24,7 @@ from adv2core.store import ResultStore, ShardUnit, table_from_rows
 from adv2core.store.arrays import read_arrays
 from adv2core.store.layout import arrays_path
 from tasks import worker
+from tasks.benign import StoredBenign, benign_unit
 from tasks.common import Deadline, identity, retry_transient, unit_summary
 
 
@@ -69,6 +70,7 @@ def run_transfer_shard(payload: dict[str, Any], run: dict[str, Any], model: str,
     written = 0
     rows_total = 0
     benign_cache: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}  # one benign map per (image set, j)
+    stored = {n: StoredBenign(store, benign_unit(rc, model, n, shard)) for n in interps}  # the benign stage's
     # Identical adversarial examples (PGD ignores the interpreter, so its sources coincide) are
     # explained once: key = the exact stored perturbation, targets and images.
     rows_cache: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
@@ -99,7 +101,7 @@ def run_transfer_shard(payload: dict[str, Any], run: dict[str, Any], model: str,
                 success = {i: bool(s) for i, s in zip(ids, arrs["success"])}
                 key = tuple(ids)
                 if key not in benign_cache:  # every source of the shard attacked the same images
-                    benign_cache[key] = {n: it.explain(x, y, ids=ids) for n, it in interps.items()}
+                    benign_cache[key] = {n: _benign(stored[n], it, x, y, ids, device) for n, it in interps.items()}
                 digest = _digest(ids, arrs["perturbation"], arrs["target_class"])
                 if digest not in rows_cache:
                     maps: dict[str, torch.Tensor] = {}
@@ -116,6 +118,12 @@ def run_transfer_shard(payload: dict[str, Any], run: dict[str, Any], model: str,
         rows_total += len(rows)
     return unit_summary(first, "done", units=written, rows=rows_total,
                         seconds=round(time.perf_counter() - t_all, 3), device=worker.device_label(device))
+
+
+def _benign(stored: Any, interp: Any, x: torch.Tensor, y: torch.Tensor, ids: list[str], device: Any) -> torch.Tensor:
+    """The benign stage's maps of ``ids``; explained here only if that unit does not hold them all."""
+    maps = stored.get(ids, device)
+    return maps if maps is not None else interp.explain(x, y, ids=ids)
 
 
 def _digest(ids: list[str], perturbation: Any, targets: Any) -> str:

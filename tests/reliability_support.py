@@ -43,6 +43,8 @@ TINY: tuple[str, ...] = (
 #: The key of one row per table (what "a duplicate" means).
 KEYS = {
     "samples": "config_hash, model, interpreter, attack, image_id",
+    "examples": "config_hash, model, attack, image_id",
+    "benign": "config_hash, model, interpreter, image_id",
     "transfer": "config_hash, model, attack, source_interpreter, eval_interpreter, image_id",
     "shards": "config_hash, stage, model, interpreter, attack, shard",
 }
@@ -70,9 +72,15 @@ def expected_counts(rc: ResolvedConfig) -> dict[str, int]:
     b = rc.bench
     m, i, a, s = len(b.models.names), len(b.interpreters.names), len(b.attacks.names), rc.num_shards
     x = len(rc.cross_eval_attacks)
+    f = len(_free(rc))
     n = b.data.num_images
-    return {"samples": m * i * a * n, "transfer": m * x * i * i * n,
-            "attack_units": m * i * a * s, "transfer_units": m * x * i * s}
+    return {"samples": m * i * a * n, "transfer": m * x * i * i * n, "examples": m * f * n,
+            "examples_units": m * f * s, "benign_units": m * i * s, "attack_units": m * i * a * s, "transfer_units": m * x * i * s}
+
+
+def _free(rc: ResolvedConfig) -> list[str]:
+    """Attacks that ignore the interpreter: one ``examples`` unit per (model, shard)."""
+    return [a for a in rc.bench.attacks.names if a in ("pgd", "stadv")]
 
 
 def all_units(rc: ResolvedConfig) -> set[UnitKey]:
@@ -80,6 +88,8 @@ def all_units(rc: ResolvedConfig) -> set[UnitKey]:
     out: set[UnitKey] = set()
     for m in b.models.names:
         for s in range(rc.num_shards):
+            out |= {("examples", m, "none", a, s) for a in _free(rc)}
+            out |= {("benign", m, i, "none", s) for i in b.interpreters.names}
             for i in b.interpreters.names:
                 out |= {("attack", m, i, a, s) for a in b.attacks.names}
                 out |= {("transfer", m, i, a, s) for a in rc.cross_eval_attacks}
@@ -90,13 +100,17 @@ def tasks_for(missing: Iterable[UnitKey]) -> int:
     """Shard tasks a resume must run for these missing units: one per attack unit, one per (model, shard)
     with a missing transfer unit (the transfer task writes all missing units of its shard)."""
     missing = list(missing)
-    return sum(1 for u in missing if u[0] == "attack") + len({(u[1], u[4]) for u in missing if u[0] == "transfer"})
+    return (sum(1 for u in missing if u[0] in ("benign", "examples", "attack"))
+            + len({(u[1], u[4]) for u in missing if u[0] == "transfer"}))
 
 
 # ---------------------------------------------------------------------------------------- store checks
 def counts(root: Path, config_hash: str) -> dict[str, int]:
     q = ("SELECT (SELECT count(*) FROM samples WHERE config_hash = $h) AS samples, "
          "(SELECT count(*) FROM transfer WHERE config_hash = $h) AS transfer, "
+         "(SELECT count(*) FROM examples WHERE config_hash = $h) AS examples, "
+         "(SELECT count(*) FROM shards WHERE config_hash = $h AND stage = 'examples') AS examples_units, "
+         "(SELECT count(*) FROM shards WHERE config_hash = $h AND stage = 'benign') AS benign_units, "
          "(SELECT count(*) FROM shards WHERE config_hash = $h AND stage = 'attack') AS attack_units, "
          "(SELECT count(*) FROM shards WHERE config_hash = $h AND stage = 'transfer') AS transfer_units")
     return run_sql(root, q, {"h": config_hash}).to_pylist()[0]

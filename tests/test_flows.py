@@ -43,7 +43,9 @@ def test_cli_run_resume_runs_sql_report(prefect_env, tmp_path):
     res = tmp_path / "results"
     rc = load_config("smoke", overrides=["interpreters.names=[cam]", "attacks.step_cap=2"]).resolve()
     b = rc.bench
-    tasks = len(b.models.names) * rc.num_shards * (len(b.interpreters.names) * len(b.attacks.names) + 1)
+    free = sum(1 for a in b.attacks.names if a in ("pgd", "stadv"))  # examples once per (model, shard)
+    # per (model, shard): benign maps per interpreter, examples per free attack, attack units, cross-evaluation
+    tasks = len(b.models.names) * rc.num_shards * (len(b.interpreters.names) * (len(b.attacks.names) + 1) + free + 1)
 
     first = json.loads(_adv2(prefect_env, "run", "--preset", "smoke", *CHEAP, "--results", str(res), "--json",
                              "--no-progress").stdout)
@@ -65,8 +67,8 @@ def test_cli_run_resume_runs_sql_report(prefect_env, tmp_path):
     runs = json.loads(_adv2(prefect_env, "runs", "--results", str(res), "--json").stdout)["runs"]
     assert [r["status"] for r in runs] == ["completed", "completed"]
     assert {r["config_hash"] for r in runs} == {rc.config_hash}
-    units = len(b.models.names) * rc.num_shards * len(b.interpreters.names) * (len(b.attacks.names) +
-                                                                               len(rc.cross_eval_attacks))
+    units = len(b.models.names) * rc.num_shards * (len(b.interpreters.names) * (len(b.attacks.names) + 1 +
+                                                                                len(rc.cross_eval_attacks)) + free)
     assert [r["shards_written"] for r in runs] == [units, 0]
 
     q = "select model, interpreter, attack, avg(l1) as l1 from samples group by all"

@@ -47,13 +47,17 @@ def _expected(rc):
     b = rc.bench
     m, i, a, s = len(b.models.names), len(b.interpreters.names), len(b.attacks.names), rc.num_shards
     x = len(rc.cross_eval_attacks)
+    f = sum(1 for name in b.attacks.names if name in ("pgd", "stadv"))  # interpreter-free: examples once
     n = b.data.num_images
     return {
         "samples": m * i * a * n,
+        "examples": m * f * n,
         "transfer": m * x * i * i * n,  # every source (interp, attack) x every evaluation interpreter
+        "examples_units": m * f * s,
+        "benign_units": m * i * s,
         "attack_units": m * i * a * s,
         "transfer_units": m * x * i * s,
-        "tasks": m * i * a * s + (m * s if x else 0),
+        "tasks": m * i * s + m * f * s + m * i * a * s + (m * s if x else 0),
     }
 
 
@@ -70,7 +74,11 @@ def test_smoke_rows_are_exact_and_carry_their_identity(smoke):
                             "image_id)) FROM transfer WHERE config_hash = ?", [h]).to_pylist()[0].values()
     assert n == keys == exp["transfer"]
     stages = {r["stage"]: r["n"] for r in run_sql(root, "SELECT stage, count(*) AS n FROM shards GROUP BY stage").to_pylist()}
-    assert stages == {"attack": exp["attack_units"], "transfer": exp["transfer_units"]}
+    assert stages == {"benign": exp["benign_units"], "examples": exp["examples_units"], "attack": exp["attack_units"],
+                      "transfer": exp["transfer_units"]}
+    n, keys = run_sql(root, "SELECT count(*), count(DISTINCT (model, attack, image_id)) FROM examples "
+                            "WHERE config_hash = ?", [h]).to_pylist()[0].values()
+    assert n == keys == exp["examples"]
     ident = run_sql(root, "SELECT DISTINCT run_id, code_version, seed, dataset, num_shards FROM samples").to_pylist()
     assert len(ident) == 1
     assert ident[0]["run_id"] == summary["run_id"] and ident[0]["seed"] == rc.bench.seed
@@ -214,15 +222,101 @@ def test_changed_folder_dataset_recomputes_only_the_shards_that_changed(tmp_path
                 "attacks.names=[pgd]", "attacks.step_cap=2", "pipeline.report=false",
                 "gates.enabled=false", "data.population=all")  # random pixels: accuracy is meaningless
     first = run_benchmark(rc, engine="inline")
-    assert first["computed"] == 2 + 2  # 2 attack shards + 2 cross-evaluations
+    assert first["computed"] == 2 + 2 + 2 + 2  # per shard: benign maps, PGD examples, their evaluation, cross-eval.
     add("c0/a.png")  # sorts first: shard 0 becomes (a, b), shard 1 (d, e); f drops out of the selection
     from tasks import worker
 
     worker.clear_caches()  # a new process would rescan the folder
     second = run_benchmark(rc, engine="inline")
-    assert second["plan"]["stale"] == 2 * 2 and second["computed"] == 4
+    assert second["plan"]["stale"] == 2 * 4 and second["computed"] == 8
     ids = run_sql(tmp_path / "res", "SELECT shard, list(image_id ORDER BY image_id) AS ids FROM samples "
                                     "GROUP BY shard ORDER BY shard").to_pylist()
     assert [r["ids"] for r in ids] == [["c0/a.png", "c0/b.png"], ["c1/d.png", "c1/e.png"]]
     worker.clear_caches()
     assert run_benchmark(rc, engine="inline")["computed"] == 0  # and stable afterwards
+
+
+def test_pgd_runs_once_per_model_and_shard_and_each_interpreter_measures_it(smoke):
+    """Two interpreters, one PGD computation per (model, shard) in the manifest; every interpreter's
+    samples rows for PGD equal what a direct :func:`run_cell` with that interpreter computes."""
+    from adv2core.bench.cell import run_cell, select_population
+    from tasks import worker
+    from tasks.attack import attack_config
+
+    rc, root, _ = smoke
+    assert len(rc.bench.interpreters.names) >= 2
+    per = run_sql(root, "SELECT model, shard, count(*) AS n FROM shards WHERE attack = 'pgd' AND stage = 'examples' "
+                        "GROUP BY ALL").to_pylist()
+    assert sorted((r["model"], r["shard"]) for r in per) == [(m, s) for m in rc.bench.models.names
+                                                             for s in range(rc.num_shards)]
+    assert {r["n"] for r in per} == {1}
+    model_name, shard = rc.bench.models.names[0], 0
+    ds = worker.get_dataset(rc)
+    model = worker.load_classifier(rc, model_name, "cpu", allow_train=False)
+    ex = read_arrays(arrays_path(root, ShardUnit(rc.config_hash, "examples", model_name, "none", "pgd", shard,
+                                                 rc.num_shards)))
+    for interp_name in rc.bench.interpreters.names:
+        arr = read_arrays(arrays_path(root, ShardUnit(rc.config_hash, "attack", model_name, interp_name, "pgd", shard,
+                                                      rc.num_shards)))
+        assert np.array_equal(arr["perturbation"], ex["perturbation"])  # the one computation, not a new one
+        interp = worker.get_interpreter(rc, model_name, interp_name, "cpu")
+        stored = {r["image_id"]: r for r in run_sql(
+            root, "SELECT * FROM samples WHERE config_hash = ? AND interpreter = ? AND attack = 'pgd' AND shard = ?",
+            [rc.config_hash, interp_name, shard]).to_pylist()}
+        indices = worker.shard_dataset_indices(rc, len(ds), shard)
+        bs = rc.bench.attacks.batch_size
+        for start in range(0, len(indices), bs):
+            batch, _ = select_population(model, ds.load(indices[start:start + bs]), rc.bench.data.population)
+            res = run_cell(model_name, interp_name, "pgd", batch, attack_config(rc), seed=int(rc.bench.seed),
+                           device="cpu", model=model, interpreter=interp)
+            for r in res.rows:
+                s = stored[r["image_id"]]
+                assert (s["status"], s["success"], s["pred_class"], s["target_class"]) == \
+                    (r["status"], r["success"], r["pred_class"], r["target_class"])
+                for k in ("l1", "l2", "iou_mean", "loc_iou_adv"):
+                    assert (s[k] is None) == (r[k] is None)
+                    if r[k] is not None:
+                        assert s[k] == pytest.approx(r[k], rel=1e-3, abs=1e-4), (interp_name, k)
+
+
+def test_pgd_once_per_shard_and_benign_maps_once_per_interpreter_with_two_interpreters(tmp_path, monkeypatch):
+    """Instrumented: PGD attacks each image once (not once per interpreter), and each interpreter explains
+    each clean image for its label once (the benign stage), although two units and the cross-evaluation use it."""
+    import traceback
+
+    from adv2core.attacks.base import Attack
+    from adv2core.interpreters.cam import CAM
+    from adv2core.interpreters.grad import Grad
+    from tasks import worker
+
+    attacked: list[str] = []
+    explained: list[tuple[str, str, int]] = []  # (interpreter, image id, class explained)
+    attack_call = Attack.__call__
+
+    def counting_attack(self, x, target, **kw):
+        if self.name == "pgd":
+            attacked.extend(kw.get("ids") or ())
+        return attack_call(self, x, target, **kw)
+
+    def counting_explain(cls):
+        original = cls.explain
+
+        def explain(self, x, target, *, ids=None):
+            if not any(f.filename.endswith("gates.py") for f in traceback.extract_stack()):  # not the preflight
+                explained.extend((self.name, i, int(t)) for i, t in zip(ids or [], target.tolist()))
+            return original(self, x, target, ids=ids)
+        return explain
+
+    monkeypatch.setattr(Attack, "__call__", counting_attack)
+    for cls in (Grad, CAM):
+        monkeypatch.setattr(cls, "explain", counting_explain(cls))
+    rc = _smoke(tmp_path, "attacks.names=[pgd]", "attacks.step_cap=1", "pipeline.report=false",
+                "interpreters.names=[grad, cam]", "gates.enabled=false")
+    run_benchmark(rc, engine="inline")
+    n = run_sql(tmp_path, "SELECT count(DISTINCT image_id) AS n FROM samples WHERE status IN ('ok', 'failed')")
+    assert attacked and len(attacked) == len(set(attacked)) == n.to_pylist()[0]["n"]  # no image attacked twice
+    ds = worker.get_dataset(rc)
+    every = ds.load(list(range(len(ds))))
+    label = dict(zip(every.ids, every.labels.tolist()))
+    benign = [(name, i) for name, i, c in explained if c == label[i]]  # PGD's targets differ from the labels
+    assert sorted(benign) == sorted({(name, i) for name in ("grad", "cam") for i in attacked})  # each once

@@ -67,7 +67,7 @@ def _kill_once(mode: str, engine: str, rng: random.Random, rc, root: Path, logs:
     assert pending >= 4, "scenario too long for the tiny config"
     args = run_args(root, engine=engine)
     if mode.startswith("rename"):
-        # os.replace calls: 1 for the runs row, then 3 per attack unit (npz, parquet, manifest) and 3 per
+        # os.replace calls: 1 for the runs row, then 3 per examples or attack unit (npz, parquet, manifest) and 3 per
         # transfer unit (its maps npz too); stay inside the first half of what is left so the kill lands mid-run.
         n = rng.randint(2, 1 + pending)
         proc = start_cli(args, logs, kill_at_replace=n, kill_after=mode == "rename-after")
@@ -126,7 +126,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(seed, tmp_path):
     # the store now equals the uninterrupted run
     assert counts(root, h) == counts(base_root, h) == expected_counts(rc)
     assert duplicate_keys(root) == {}
-    for table in ("samples", "transfer"):
+    for table in ("benign", "examples", "samples", "transfer"):
         assert comparable_rows(root, table, h) == comparable_rows(base_root, table, h), table
     assert sorted(manifests(root, h)) == sorted(manifests(base_root, h))
     leftovers = check_files(root)

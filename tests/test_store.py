@@ -111,7 +111,7 @@ def store(tmp_path: Path) -> ResultStore:
 
 # ---------------------------------------------------------------------------- schemas
 def test_schemas_carry_version_metadata():
-    assert set(SCHEMAS) == {"runs", "samples", "transfer", "detections", "shards"}
+    assert set(SCHEMAS) == {"runs", "samples", "examples", "benign", "transfer", "detections", "shards"}
     for schema in SCHEMAS.values():
         assert schema.metadata == {b"schema_version": SCHEMA_VERSION.encode()}
     assert SCHEMAS["samples"].field("true_class").type == pa.int16()

@@ -25,7 +25,9 @@ import torch
 from adv2core.attacks.base import AttackResult
 from adv2core.attacks.config import AttacksConfig, load_preset
 from adv2core.attacks.registry import attack_class, build_attack
-from adv2core.attacks.targets import check_target_map, shape_maps, target_classes, target_image_maps
+from adv2core.attacks.targets import check_target_map, target_classes
+from adv2core.bench.evaluate import IOU_KEYS, MAP_KEYS, make_target_maps, map_metrics
+from adv2core.bench.evaluate import floats as _f
 from adv2core.data.types import Batch
 from adv2core.errors import Adv2Error, ConfigError
 from adv2core.interpreters.base import Interpreter
@@ -36,7 +38,6 @@ from adv2core.metrics import (
     iou_curve,
     l1_distance,
     l2_distance,
-    localization_iou,
     perturbation_to_int16,
     quantize_uint8,
     target_probability,
@@ -44,7 +45,6 @@ from adv2core.metrics import (
 from adv2core.models.classifier import Classifier
 from adv2core.transient import call_with_oom_policy, is_transient, merge_attack_results
 
-IOU_KEYS: tuple[str, ...] = tuple(f"iou_k{k:02d}" for k in DEFAULT_KS)
 #: Per-sample columns of a cell row, in the samples-table order (the pipeline adds run/config/... keys).
 ROW_KEYS: tuple[str, ...] = (
     "image_id", "true_class", "target_class", "pred_class", "success", "confidence", "target_prob",
@@ -68,11 +68,6 @@ class CellResult:
     ids: list[str] = field(default_factory=list)  # ids of the N loaded images, in tensor order
     attack_result: AttackResult | None = None
     seconds: float = 0.0
-
-
-def _f(v: torch.Tensor) -> list[float | None]:
-    """Tensor [N] -> Python floats with NaN as None (nullable Parquet columns)."""
-    return [None if (x is None or math.isnan(x)) else float(x) for x in v.detach().double().cpu().tolist()]
 
 
 def _i(v: torch.Tensor) -> list[int]:
@@ -123,35 +118,6 @@ def default_interpreter(
     return build_interpreter(spec, model, data_cfg=data_cfg, train_if_missing=train_if_missing)
 
 
-def make_target_maps(
-    preset: AttacksConfig,
-    interpreter: Interpreter,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    y_t: torch.Tensor,
-    ids: Sequence[str],
-    benign: torch.Tensor,
-    *,
-    seed: int,
-    pool: Batch | None = None,
-) -> tuple[torch.Tensor, list[str | None]]:
-    """m_t per the preset's ``target.kind`` and a per-sample error (None = fine)."""
-    kind = preset.target.kind
-    n = x.shape[0]
-    if kind == "benign":
-        return benign, [None] * n
-    side = interpreter.map_size(x.shape[-1])
-    if kind == "shape":
-        return shape_maps(ids, side, seed=seed, invert=interpreter.name == "mask", cfg=preset.target.shape, device=x.device), [None] * n
-    # target-image: a pool image classified correctly as c_t (default pool: this batch)
-    pool = pool or Batch(x, y, list(ids))
-    maps, idx = target_image_maps(interpreter, pool.images, pool.labels, pool.ids, y_t, ids, seed)
-    errs = [None if int(i) >= 0 else "no pool image correctly classified as the target class" for i in idx.tolist()]
-    # an unavailable target map would poison the loss: aim those samples at their benign map instead
-    ok = (idx >= 0).to(x.device).view(-1, 1, 1, 1)
-    return torch.where(ok, maps, benign), errs
-
-
 @torch.no_grad()
 def _predict(model: Classifier, x: torch.Tensor) -> torch.Tensor:
     return model(x)
@@ -159,7 +125,7 @@ def _predict(model: Classifier, x: torch.Tensor) -> torch.Tensor:
 
 def run_cell(
     model_name: str,
-    interpreter_name: str,
+    interpreter_name: str | None,
     attack_name: str,
     batch: Batch,
     cfg: AttacksConfig | str | dict | None,
@@ -187,6 +153,10 @@ def run_cell(
     transient failures (out of memory, I/O: :mod:`adv2core.transient`) propagate to the task's retry
     policy, or with ``oom='split'`` an out-of-memory attack call is retried on the halves of the batch;
     any other runtime failure of the attack turns the batch's rows into 'error' rows carrying the message.
+
+    ``interpreter_name=None`` computes an interpreter-free attack's examples only (PGD, StAdv: the
+    pipeline runs them once per model and shard): the map columns stay null and the map tensors empty;
+    :func:`adv2core.bench.evaluate.evaluate_examples` measures them under each interpreter later.
     """
     t_cell = time.perf_counter()
     preset = load_preset(cfg)
@@ -197,7 +167,10 @@ def run_cell(
 
         model = load_model(model_name, data_cfg=data_cfg, device=dev)
     model = model.to(dev)
-    if interpreter is None:
+    if interpreter_name is None:
+        if attack_class(attack_name).uses_interpreter or interpreter is not None:
+            raise ConfigError(f"attack {attack_name!r} needs an interpreter")
+    elif interpreter is None:
         interpreter = default_interpreter(interpreter_name, model, preset, data_cfg=data_cfg)
     elif interpreter.name != interpreter_name:
         raise ConfigError(f"interpreter object is {interpreter.name!r} but the cell names {interpreter_name!r}")
@@ -215,18 +188,20 @@ def run_cell(
     logits0 = _predict(model, x)
     benign_pred = logits0.argmax(dim=1)
     y_t = target_classes(y, ids, model.num_classes, seed)
-    if benign_maps is not None:
-        benign = check_target_map(benign_maps.to(dev), n, interpreter.map_size(x.shape[-1]))
-    else:
-        benign = interpreter.explain(x, y, ids=ids)
     errs: list[str | None] = [None] * n
-    if target_map is not None:
+    benign = m_t = None
+    if interpreter is not None and benign_maps is not None:
+        benign = check_target_map(benign_maps.to(dev), n, interpreter.map_size(x.shape[-1]))
+    elif interpreter is not None:
+        benign = interpreter.explain(x, y, ids=ids)
+    if interpreter is not None and target_map is not None:
         m_t = check_target_map(target_map.to(dev), n, interpreter.map_size(x.shape[-1]))
-    else:
+    elif interpreter is not None:
         m_t, errs = make_target_maps(preset, interpreter, x, y, y_t, ids, benign, seed=seed, pool=pool)
 
     try:
-        res = call_with_oom_policy(lambda s: attack(x[s], y_t[s], target_map=m_t[s], ids=ids[s]), n,
+        res = call_with_oom_policy(lambda s: attack(x[s], y_t[s], target_map=None if m_t is None else m_t[s],
+                                                    ids=ids[s]), n,
                                    merge_attack_results, oom)
     except Adv2Error:
         raise
@@ -235,20 +210,18 @@ def run_cell(
             raise  # out of memory / I/O: the task is retried and nothing is stored for this shard
         msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
         rows = [_error_row(i, msg, int(c)) for i, c in zip(ids, y.tolist())] + error_rows
-        return CellResult(rows, x, np.zeros(tuple(x.shape), np.int16), benign, torch.full_like(benign, math.nan), y_t,
+        ben = empty_map if benign is None else benign
+        return CellResult(rows, x, np.zeros(tuple(x.shape), np.int16), ben, torch.full_like(ben, math.nan), y_t,
                           target_maps=m_t, ids=ids, seconds=time.perf_counter() - t_cell)
 
     x_q = quantize_uint8(res.x_adv.clamp(0, 1).nan_to_num(0.0), "round")
     logits_q = _predict(model, x_q)
-    adv = interpreter.explain(x_q, y_t, ids=ids)
     success = attack_success(logits_q, y_t) & res.success & ~res.failed
-    sal_adv, sal_ref = interpreter.saliency(adv), interpreter.saliency(m_t)
-    iou = iou_curve(sal_adv, sal_ref, DEFAULT_KS)
-    if b.masks is not None:
-        loc_b = localization_iou(interpreter.saliency(benign), b.masks)
-        loc_a = localization_iou(sal_adv, b.masks)
-    else:
-        loc_b = loc_a = torch.full((n,), math.nan, device=dev)
+    if interpreter is not None:
+        assert benign is not None and m_t is not None
+        adv, map_cols = map_metrics(interpreter, x_q, y_t, ids, benign, m_t, b.masks)
+    else:  # examples only: measured under each interpreter by evaluate_examples
+        adv, map_cols = empty_map, {k: [None] * n for k in MAP_KEYS}
     cols: dict[str, list[Any]] = {
         "image_id": ids,
         "true_class": _i(y),
@@ -258,12 +231,7 @@ def run_cell(
         "confidence": _f(confidence(logits_q)),
         "target_prob": _f(target_probability(logits_q, y_t)),
         "benign_pred": _i(benign_pred),
-        "l1": _f(l1_distance(adv, m_t)),
-        "l2": _f(l2_distance(adv, m_t)),
-        **{k: _f(iou[:, j]) for j, k in enumerate(IOU_KEYS)},
-        "iou_mean": _f(iou.mean(dim=1)),
-        "loc_iou_benign": _f(loc_b),
-        "loc_iou_adv": _f(loc_a),
+        **map_cols,
         "linf": _f((x_q - x).abs().flatten(1).amax(dim=1)),
         "steps": _i(res.steps),
     }
@@ -279,7 +247,7 @@ def run_cell(
         rows=rows + error_rows,
         x_adv_q=x_q,
         perturbation_int16=perturbation_to_int16(x_q, x).cpu().numpy(),
-        benign_maps=benign,
+        benign_maps=empty_map if benign is None else benign,
         adv_maps=adv,
         target_classes=y_t,
         target_maps=m_t,

@@ -9,6 +9,8 @@ Hive folders (``key=value``) that DuckDB turns into filterable columns; heavy ar
 
     <root>/runs/run_id=<id>.parquet
     <root>/samples/config_hash=<h>/model=<m>/interpreter=<i>/attack=<a>/shard-00003-of-00008.parquet
+    <root>/benign/config_hash=<h>/model=<m>/interpreter=<i>/shard-00003-of-00008.parquet
+    <root>/examples/config_hash=<h>/model=<m>/attack=<a>/shard-00003-of-00008.parquet
     <root>/transfer/config_hash=<h>/model=<m>/attack=<a>/source_interpreter=<i>/shard-00003-of-00008.parquet
     <root>/detections/config_hash=<h>/model=<m>/detector=<d>/defence_hash=<dh>/shard-00000-of-00001.parquet
     <root>/arrays/config_hash=<h>/stage=<s>/model=<m>/interpreter=<i>/attack=<a>/shard-00003-of-00008.npz
@@ -27,15 +29,21 @@ _COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
 MAX_SHARDS = 99_999  # five digits in the file name
 
 # Which Parquet table a stage writes, and the Hive partition columns of each table (in folder order).
-STAGE_TABLE = {"attack": "samples", "transfer": "transfer", "defence": "detections"}
+STAGE_TABLE = {"benign": "benign", "examples": "examples", "attack": "samples", "transfer": "transfer", "defence": "detections"}
 PARTITIONS: dict[str, tuple[str, ...]] = {
     "samples": ("config_hash", "model", "interpreter", "attack"),
+    "examples": ("config_hash", "model", "attack"),
+    "benign": ("config_hash", "model", "interpreter"),
     "transfer": ("config_hash", "model", "attack", "source_interpreter"),
     "detections": ("config_hash", "model", "detector", "defence_hash"),
     "shards": ("config_hash",),
     "runs": (),
 }
-TABLE_DIRS = ("runs", "samples", "transfer", "detections", "shards")
+TABLE_DIRS = ("runs", "samples", "examples", "benign", "transfer", "detections", "shards")
+#: The interpreter field of an ``examples`` unit (its attack does not use one).
+NO_INTERPRETER = "none"
+#: The attack field of a ``benign`` unit (benign maps belong to no attack).
+NO_ATTACK = "none"
 ARRAYS_DIR = "arrays"
 TEMP_MARKER = ".tmp-"  # temp names are '<final name>.tmp-<pid>-<random>': never end in .parquet/.npz
 
@@ -58,7 +66,9 @@ class ShardUnit:
     For stage ``transfer`` ``interpreter`` is the *source* interpreter whose adversarial images are
     re-evaluated under the other interpreters. For stage ``defence`` (one unit per model and detector,
     ``shard=0, num_shards=1``) ``interpreter`` holds the detector and ``attack`` its settings hash
-    (:func:`adv2core.defences.stage.detector_hash`).
+    (:func:`adv2core.defences.stage.detector_hash`). For stage ``examples`` (an interpreter-free attack,
+    computed once per model and shard) ``interpreter`` is ``none``; for stage ``benign`` (the benign maps
+    of one interpreter, computed once per model and shard) ``attack`` is ``none``.
     """
 
     config_hash: str
@@ -87,7 +97,7 @@ class ShardUnit:
 
     @property
     def table(self) -> str:
-        """The Parquet table this unit's rows go to (samples, transfer or detections)."""
+        """The Parquet table this unit's rows go to (examples, samples, transfer or detections)."""
         return STAGE_TABLE[self.stage]
 
     @property
@@ -100,6 +110,10 @@ class ShardUnit:
             return {"config_hash": self.config_hash, "model": self.model, "detector": self.interpreter,
                     "defence_hash": self.attack}
         vals = {"config_hash": self.config_hash, "model": self.model, "attack": self.attack}
+        if self.stage == "examples":
+            return vals
+        if self.stage == "benign":
+            return {"config_hash": self.config_hash, "model": self.model, "interpreter": self.interpreter}
         vals["source_interpreter" if self.stage == "transfer" else "interpreter"] = self.interpreter
         return vals
 

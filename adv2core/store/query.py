@@ -1,7 +1,7 @@
 """Read-only SQL over the results store (DuckDB views over the Parquet shards).
 
-``connect(root)`` gives an in-memory DuckDB connection with the views ``runs``, ``samples``,
-``transfer``, ``detections`` (the defence stage's scores and flags) and ``shards``, then locks it down: file access only below the (resolved) results root
+``connect(root)`` gives an in-memory DuckDB connection with the views ``runs``, ``samples``, ``examples``,
+``benign``, ``transfer``, ``detections`` (the defence stage's scores and flags) and ``shards``, then locks it down: file access only below the (resolved) results root
 (``allowed_directories`` + ``enable_external_access=false``), no spill directory, no extension
 install/load, and ``lock_configuration=true`` so user SQL cannot undo any of it. ``run_sql`` also
 refuses every statement that is not a read, using DuckDB's own parser (statement types and the
@@ -26,7 +26,7 @@ from adv2core.store.errors import QueryError, SqlRefused, StoreError
 from adv2core.store.layout import TABLE_DIRS
 from adv2core.store.schemas import SCHEMAS
 
-VIEWS = TABLE_DIRS  # runs, samples, transfer, detections, shards
+VIEWS = TABLE_DIRS  # runs, samples, examples, benign, transfer, detections, shards
 
 # Table functions a user query may call. Anything else (including functions added by a DuckDB upgrade)
 # is refused until someone classifies it; tests/test_store.py checks every installed one is classified.

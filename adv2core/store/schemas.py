@@ -18,7 +18,7 @@ IOU_KS: tuple[int, ...] = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90)
 IOU_COLUMNS: tuple[str, ...] = tuple(f"iou_k{k:02d}" for k in IOU_KS)
 
 SAMPLE_STATUSES = ("ok", "failed", "error", "excluded")
-STAGES = ("attack", "transfer", "defence")
+STAGES = ("benign", "examples", "attack", "transfer", "defence")
 #: Roles of a detection row: LID's fit images, the benign threshold-calibration images (both disjoint from
 #: the evaluated images), the evaluated benign images, the (successful) adversarial examples.
 DETECTION_ROLES = ("fit", "calibration", "benign", "adversarial")
@@ -101,6 +101,37 @@ SAMPLES = _schema(
     ]
 )
 
+# Interpreter-free attacks (PGD, StAdv) are computed once per (model, shard): one row per image with what
+# does not depend on an interpreter. The attack stage then evaluates these examples under every
+# interpreter and writes their ``samples`` rows (the map metrics added, the rest copied from here).
+EXAMPLES = _schema(
+    [f for f in _SAMPLE_KEYS if f.name != "interpreter"]
+    + [
+        _opt("error", pa.string()),
+        _opt("true_class", pa.int16()),
+        _opt("target_class", pa.int16()),
+        _opt("pred_class", pa.int16()),
+        _opt("success", pa.bool_()),
+        _opt("confidence", pa.float32()),
+        _opt("target_prob", pa.float32()),
+        _opt("benign_pred", pa.int16()),
+        _opt("linf", pa.float32()),
+        _opt("steps", pa.int32()),
+        _opt("seconds", pa.float32()),
+    ]
+)
+
+# Benign maps are computed once per (model, interpreter, shard) for the attacked images: every attack
+# unit and the cross-evaluation read them (arrays ``benign_maps``, float32) instead of explaining again.
+BENIGN = _schema(
+    [f for f in _SAMPLE_KEYS if f.name not in ("attack", "status")]
+    + [
+        _opt("true_class", pa.int16()),
+        _opt("loc_iou_benign", pa.float32()),
+        _opt("seconds", pa.float32()),
+    ]
+)
+
 TRANSFER = _schema(
     [
         _req("run_id", pa.string()),
@@ -155,7 +186,8 @@ SHARDS = _schema(
         _req("run_id", pa.string()),
         _req("stage", pa.string()),
         _req("model", pa.string()),
-        _req("interpreter", pa.string()),  # for stage 'transfer': the source interpreter
+        _req("interpreter", pa.string()),  # 'transfer': the source interpreter; 'examples': none
+        # 'benign' units have attack 'none'; 'defence' units: interpreter = detector, attack = its settings hash
         _req("attack", pa.string()),
         _req("shard", pa.int32()),
         _req("num_shards", pa.int32()),
@@ -166,12 +198,13 @@ SHARDS = _schema(
     ]
 )
 
-SCHEMAS: dict[str, pa.Schema] = {"runs": RUNS, "samples": SAMPLES, "transfer": TRANSFER, "detections": DETECTIONS,
-                                 "shards": SHARDS}
+SCHEMAS: dict[str, pa.Schema] = {"runs": RUNS, "samples": SAMPLES, "examples": EXAMPLES, "benign": BENIGN, "transfer": TRANSFER,
+                                 "detections": DETECTIONS, "shards": SHARDS}
 
 # Columns whose values must come from a fixed vocabulary.
 _ENUMS: dict[tuple[str, str], tuple[str, ...]] = {
     ("samples", "status"): SAMPLE_STATUSES,
+    ("examples", "status"): SAMPLE_STATUSES,
     ("shards", "stage"): STAGES,
     ("detections", "role"): DETECTION_ROLES,
 }

@@ -1,0 +1,137 @@
+"""The plan of a run: every unit of its graph, and those still missing from the store for its config hash.
+
+Resumability lives in the data layer, not in Prefect caching (stack-notes 1.2): a unit with a complete
+manifest is skipped, unless its stored images no longer match the dataset (then it is forced).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from adv2core.config import ResolvedConfig
+from adv2core.errors import ConfigError
+from adv2core.store import ResultStore, ShardUnit
+from flows.defences import DefencePlan, plan_defences
+from tasks.benign import benign_unit, benign_units
+from tasks.examples import examples_unit, examples_units, interpreter_free
+from tasks.transfer import transfer_units
+
+__all__ = ["Plan", "make_plan"]
+
+
+@dataclass
+class Plan:
+    """What a run will do. Units are the store's shard-units; groups are cross-evaluation tasks."""
+
+    attack_units: list[ShardUnit]
+    pending_attack: list[ShardUnit]
+    transfer_groups: list[tuple[str, int]]
+    pending_transfer: list[tuple[str, int]]
+    num_images: int
+    dataset_size: int
+    skipped_attack: int = 0
+    skipped_transfer: int = 0
+    examples_units: list[ShardUnit] = field(default_factory=list)  # interpreter-free attacks, once per shard
+    pending_examples: list[ShardUnit] = field(default_factory=list)
+    benign_units: list[ShardUnit] = field(default_factory=list)  # benign maps, once per (model, interp, shard)
+    pending_benign: list[ShardUnit] = field(default_factory=list)
+    stale: int = 0  # complete units whose images no longer match the dataset (recomputed)
+    forced: frozenset = frozenset()  # those units and (model, shard) groups: rewrite even though complete
+    defence: DefencePlan = field(default_factory=DefencePlan)
+
+    @property
+    def total_tasks(self) -> int:
+        return len(self.benign_units) + len(self.examples_units) + len(self.attack_units) + len(self.transfer_groups) + len(self.defence.units)
+
+    @property
+    def done_tasks(self) -> int:
+        skipped_first = len(self.benign_units) + len(self.examples_units) - len(self.pending_benign) \
+            - len(self.pending_examples)
+        return skipped_first + self.skipped_attack + self.skipped_transfer + self.defence.skipped
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "benign_units": len(self.benign_units), "pending_benign": len(self.pending_benign),
+            "examples_units": len(self.examples_units), "pending_examples": len(self.pending_examples),
+            "attack_units": len(self.attack_units), "pending_attack": len(self.pending_attack),
+            "transfer_tasks": len(self.transfer_groups), "pending_transfer": len(self.pending_transfer),
+            "num_images": self.num_images, "dataset_size": self.dataset_size, "stale": self.stale,
+            "defence_units": len(self.defence.units), "pending_defence": len(self.defence.pending),
+        }
+
+
+def make_plan(rc: ResolvedConfig, store: ResultStore) -> Plan:
+    """All units of the run and the ones still missing for this config hash."""
+    from tasks import worker
+
+    worker.setup_worker(rc)
+    ds = worker.get_dataset(rc)
+    n_avail = len(ds)
+    if n_avail == 0:
+        raise ConfigError(f"dataset {rc.bench.data.dataset!r} ({rc.bench.data.split}) has no images")
+    n = min(rc.bench.data.num_images, n_avail)
+    num_shards = rc.num_shards
+    if n < num_shards:
+        raise ConfigError(f"data.num_images={rc.bench.data.num_images} but the dataset has only {n_avail} images "
+                          f"(fewer than {num_shards} shards); lower data.num_images or data.shard_size")
+    b = rc.bench
+    units = [
+        ShardUnit(rc.config_hash, "attack", m, i, a, s, num_shards)
+        for m in b.models.names for i in b.interpreters.names for a in b.attacks.names for s in range(num_shards)
+    ]
+    complete = store.completed_units(rc.config_hash)
+    stale = _stale_units(rc, store, ds, complete)
+    complete -= stale
+    pending = [u for u in units if u not in complete]
+    groups = [(m, s) for m in b.models.names for s in range(num_shards)] if rc.cross_eval_attacks else []
+    pending_groups = [g for g in groups if any(u not in complete for u in transfer_units(rc, *g))]
+    forced = frozenset(stale) | frozenset((u.model, u.shard) for u in stale)
+    ex_units = examples_units(rc)
+    needed = {examples_unit(rc, u.model, u.attack, u.shard) for u in pending if interpreter_free(u.attack)}
+    pending_ex = [e for e in ex_units if e in needed and (e not in complete or e in forced)]
+    ben_units = benign_units(rc)
+    needed = {benign_unit(rc, u.model, u.interpreter, u.shard) for u in pending}
+    pending_ben = [e for e in ben_units if e in needed and (e not in complete or e in forced)]
+    return Plan(units, pending, groups, pending_groups, n, n_avail,
+                skipped_attack=len(units) - len(pending), skipped_transfer=len(groups) - len(pending_groups),
+                examples_units=ex_units, pending_examples=pending_ex, benign_units=ben_units,
+                pending_benign=pending_ben,
+                stale=len(stale), forced=forced, defence=plan_defences(rc, complete, stale))
+
+
+def _stale_units(rc: ResolvedConfig, store: ResultStore, ds: Any, complete: set[ShardUnit]) -> set[ShardUnit]:
+    """Complete units whose stored image ids differ from the shard's current images.
+
+    The hash covers a folder dataset's path, not its files: if images were added or removed there, a
+    shard's rows would silently describe other images. One DuckDB query over the ``samples`` ids finds
+    such units (and one over the ``examples`` ids); they are recomputed (overwritten in place), and their
+    cross-evaluation and evaluations with them.
+    """
+    from adv2core.store import run_sql
+    from tasks import worker
+
+    attack_done = [u for u in complete if u.stage == "attack"]
+    ex_done = [u for u in complete if u.stage == "examples"]
+    if not attack_done and not ex_done:
+        return set()
+    t = run_sql(store.root, "SELECT model, interpreter, attack, shard, list(image_id ORDER BY image_id) AS ids "
+                            "FROM samples WHERE config_hash = ? GROUP BY ALL", [rc.config_hash])
+    stored = {(r["model"], r["interpreter"], r["attack"], r["shard"]): r["ids"] for r in t.to_pylist()}
+    expected = {s: sorted(ds.ids[i] for i in worker.shard_dataset_indices(rc, len(ds), s))
+                for s in range(rc.num_shards)}
+    stale = {u for u in attack_done if stored.get((u.model, u.interpreter, u.attack, u.shard)) != expected[u.shard]}
+    if ex_done:  # examples stored for other images are recomputed, with every unit evaluating them
+        t = run_sql(store.root, "SELECT model, attack, shard, list(image_id ORDER BY image_id) AS ids FROM examples "
+                                "WHERE config_hash = ? GROUP BY ALL", [rc.config_hash])
+        got = {(r["model"], r["attack"], r["shard"]): r["ids"] for r in t.to_pylist()}
+        bad = {u for u in ex_done if got.get((u.model, u.attack, u.shard)) != expected[u.shard]}
+        stale |= bad | {u for u in attack_done if any((e.model, e.attack, e.shard) == (u.model, u.attack, u.shard)
+                                                      for e in bad)}
+    stale |= {examples_unit(rc, u.model, u.attack, u.shard) for u in stale
+              if u.stage == "attack" and interpreter_free(u.attack)} & set(ex_done)
+    # benign rows hold only the attacked images: their units follow the attack units of their shard
+    stale |= {benign_unit(rc, u.model, u.interpreter, u.shard) for u in stale if u.stage == "attack"} & complete
+    stale |= {u for u in complete if u.stage == "transfer" and any(
+        (a.model, a.shard) == (u.model, u.shard) for a in stale)}
+    return stale
