@@ -566,13 +566,17 @@ def bench_paper_projection(device: str, progress) -> list[str]:
     n = bench.data.num_images
     xeval = bench.cross_eval.attacks or bench.attacks.names
     interps = bench.interpreters.names
-    # today's pipeline: every (interpreter, attack) unit runs its attack, PGD and StAdv included
-    attack_pe = sum(counts[(a, i if a in ("adv2", "stadv-adv2") else None)] for i in interps for a in bench.attacks.names)
-    benign_pe = len(bench.attacks.names) * sum(maps.values())  # each (interpreter, attack) unit maps the benign images
+    # the artifact graph: PGD / StAdv once per model (examples stage), each ADV^2 once per interpreter,
+    # benign maps once per interpreter (benign stage), then every example under every interpreter
+    uses = ("adv2", "stadv-adv2")
+    attack_pe = sum(counts[(a, i)] for i in interps for a in bench.attacks.names if a in uses) + sum(
+        counts[(a, None)] for a in bench.attacks.names if a not in uses)
+    benign_pe = sum(maps.values())
     xeval_pe = len(xeval) * len(interps) * sum(maps.values())
     lines = [
-        "Cost model of today's pipeline: every (interpreter, attack) unit runs its attack (PGD and StAdv once "
-        "per interpreter) and computes its interpreter's benign maps; the cross-evaluation maps every example "
+        "Cost model of the pipeline's artifact graph: PGD and StAdv run once per model (the `examples` stage), "
+        "each ADV² once per interpreter; benign maps once per interpreter (the `benign` stage); the "
+        "cross-evaluation maps every example "
         f"of {', '.join(xeval)} under every interpreter. Efficiency is taken as 1 (the floor).",
         "",
         f"Pass-equivalents per image at the paper's step counts, counted at two lengths and extrapolated "
