@@ -16,15 +16,13 @@ import time
 from typing import Any
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from adv2core.config import ResolvedConfig
 from adv2core.store import ResultStore, ShardUnit, table_from_rows
 from adv2core.store.schemas import schema_for
 from adv2core.store.layout import NO_INTERPRETER
 from tasks import worker
-from tasks.common import Deadline, identity, retry_transient, to_numpy, unit_summary
+from tasks.common import Deadline, identity, stage_task, to_numpy, unit_summary
 
 
 def attack_config(rc: ResolvedConfig):
@@ -133,12 +131,4 @@ def _collect_arrays(parts: dict[str, list[np.ndarray]], batch: Any, res: Any, ce
         parts["adv_maps"].append(to_numpy(res.adv_maps, np.float16))
 
 
-attack_shard = task(
-    name="attack-shard",
-    task_run_name="attack-{model}-{interpreter}-{attack}-{shard}",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_transient,
-    persist_result=False,
-)(run_attack_shard)
+attack_shard = stage_task(run_attack_shard, "attack-shard", "attack-{model}-{interpreter}-{attack}-{shard}")

@@ -15,15 +15,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from adv2core.config import ResolvedConfig
 from adv2core.store import ResultStore, ShardUnit, table_from_rows
 from adv2core.store.arrays import read_arrays
 from adv2core.store.layout import NO_ATTACK, arrays_path
 from tasks import worker
-from tasks.common import Deadline, identity, retry_transient, to_numpy, unit_summary
+from tasks.common import Deadline, identity, stage_task, to_numpy, unit_summary
 
 
 def benign_unit(rc: ResolvedConfig, model: str, interpreter: str, shard: int) -> ShardUnit:
@@ -110,12 +108,4 @@ def run_benign_shard(payload: dict[str, Any], run: dict[str, Any], model: str, i
     return unit_summary(unit, "done", rows=len(rows), seconds=round(seconds, 3), device=worker.device_label(device))
 
 
-benign_shard = task(
-    name="benign-shard",
-    task_run_name="benign-{model}-{interpreter}-{shard}",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_transient,
-    persist_result=False,
-)(run_benign_shard)
+benign_shard = stage_task(run_benign_shard, "benign-shard", "benign-{model}-{interpreter}-{shard}")

@@ -12,7 +12,8 @@ from adv2core.errors import Adv2Error
 from adv2core.store.layout import ShardUnit
 from adv2core.transient import is_transient  # the one definition of a transient failure
 
-__all__ = ["Deadline", "ShardBudgetExceeded", "identity", "is_transient", "retry_transient", "to_numpy", "unit_summary"]
+__all__ = ["Deadline", "ShardBudgetExceeded", "identity", "is_transient", "retry_transient", "stage_task", "to_numpy",
+           "unit_summary"]
 
 
 class ShardBudgetExceeded(Adv2Error):
@@ -78,3 +79,13 @@ def unit_summary(unit: ShardUnit, status: str, **extra: Any) -> dict[str, Any]:
         "stage": unit.stage, "model": unit.model, "interpreter": unit.interpreter, "attack": unit.attack,
         "shard": unit.shard, "num_shards": unit.num_shards, "status": status, **extra,
     }
+
+
+def stage_task(fn: Any, name: str, run_name: str, retries: int = 2) -> Any:
+    """``fn`` as a Prefect task with the stages' common policy: no Prefect caching or result persistence
+    (resumability lives in the store's manifests), transient failures retried after 5 s, others not."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    return task(name=name, task_run_name=run_name, cache_policy=NO_CACHE, retries=retries, retry_delay_seconds=5,
+                retry_condition_fn=retry_transient, persist_result=False)(fn)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import time
 from typing import Any, Iterator
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from adv2core.config import ResolvedConfig, derive_seed
 from adv2core.store import ResultStore, ShardUnit, table_from_rows
 from tasks import worker
-from tasks.common import Deadline, retry_transient, unit_summary
+from tasks.common import Deadline, stage_task, unit_summary
 
 
 def lid_pgd_config(rc: ResolvedConfig) -> Any:
@@ -105,12 +103,4 @@ def run_defence_unit(payload: dict[str, Any], run: dict[str, Any], model: str, d
     return unit_summary(unit, "done", rows=len(rows), seconds=round(seconds, 3), device=worker.device_label(device))
 
 
-defence_task = task(
-    name="defence",
-    task_run_name="defence-{model}-{detector}",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_transient,
-    persist_result=False,
-)(run_defence_unit)
+defence_task = stage_task(run_defence_unit, "defence", "defence-{model}-{detector}")

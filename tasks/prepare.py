@@ -10,13 +10,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from adv2core.config import ResolvedConfig
 from adv2core.models.checkpoint import file_sha256
 from tasks import worker
-from tasks.common import retry_transient
+from tasks.common import stage_task
 
 def run_prepare_model(payload: dict[str, Any], model: str) -> dict[str, Any]:
     """Load (training if needed and allowed) the classifier and its interpreters, then run the preflight
@@ -42,12 +40,4 @@ def run_prepare_model(payload: dict[str, Any], model: str) -> dict[str, Any]:
             "preflight": report}
 
 
-prepare_model = task(
-    name="prepare-model",
-    task_run_name="prepare-{model}",
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_transient,
-    persist_result=False,
-)(run_prepare_model)
+prepare_model = stage_task(run_prepare_model, "prepare-model", "prepare-{model}", retries=1)

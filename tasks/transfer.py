@@ -15,8 +15,6 @@ import time
 from typing import Any
 
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from adv2core.config import ResolvedConfig
 from adv2core.errors import Adv2Error
@@ -25,7 +23,7 @@ from adv2core.store.arrays import read_arrays
 from adv2core.store.layout import arrays_path
 from tasks import worker
 from tasks.benign import StoredBenign, benign_unit
-from tasks.common import Deadline, identity, retry_transient, unit_summary
+from tasks.common import Deadline, identity, stage_task, unit_summary
 
 
 class MissingSource(Adv2Error):
@@ -137,12 +135,4 @@ def _digest(ids: list[str], perturbation: Any, targets: Any) -> str:
     return h.hexdigest()
 
 
-transfer_shard = task(
-    name="transfer-shard",
-    task_run_name="transfer-{model}-{shard}",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_transient,
-    persist_result=False,
-)(run_transfer_shard)
+transfer_shard = stage_task(run_transfer_shard, "transfer-shard", "transfer-{model}-{shard}")
