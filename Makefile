@@ -49,7 +49,8 @@ test: $(STAMP) $(REAL_DATA)
 	$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)
 
 # The heavy tests (marked `heavy`: the paper preset at 224x224, the Dask LocalCluster runs, ADV2 on the
-# densenet-mini fixture) and the deployment test against a local Prefect server; about 4 min on 2 cores.
+# densenet-mini fixture, adaptive-attack effects, pass-count extrapolation) and the deployment test against
+# a local Prefect server; about 15-20 min on 2 cores.
 test-heavy: $(STAMP) $(REAL_DATA)
 	ADV2_DEPLOY_TEST=1 $(PY) -m pytest -q -m "heavy or deploy" $(PYTEST_ARGS)
 
