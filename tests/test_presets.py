@@ -145,5 +145,6 @@ def test_non_editable_install_runs_the_smoke_preset_from_another_folder(installe
            "--set", "attacks.step_cap=2", "--set", "pipeline.report=false", "--set", "cross_eval.enabled=false"]
     out = subprocess.run(cmd, cwd=elsewhere, env=_clean_env(), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    assert "2 shard task(s) computed" in out.stdout, out.stdout[-2000:]
+    # smoke's 2 shards x (benign maps, PGD examples, CAM's evaluation of those examples)
+    assert "6 shard task(s) computed" in out.stdout, out.stdout[-2000:]
     assert list((tmp_path / "results").rglob("*.parquet"))
