@@ -21,10 +21,12 @@ from adv2core.attacks.targets import check_target_map, shape_maps, target_image_
 from adv2core.data.types import Batch
 from adv2core.interpreters.base import Interpreter
 from adv2core.metrics import DEFAULT_KS, iou_curve, l1_distance, l2_distance, localization_iou
+from adv2core.store.schemas import MAP_METRICS
 
 IOU_KEYS: tuple[str, ...] = tuple(f"iou_k{k:02d}" for k in DEFAULT_KS)
-#: Columns :func:`map_metrics` fills (the rest of a samples row does not depend on the interpreter).
-MAP_KEYS: tuple[str, ...] = ("l1", "l2", *IOU_KEYS, "iou_mean", "loc_iou_benign", "loc_iou_adv")
+#: Columns :func:`map_metrics` fills (the rest of a samples row does not depend on the interpreter): the
+#: store schema's one list, which also defines the ``examples`` table as ``samples`` without them.
+MAP_KEYS: tuple[str, ...] = MAP_METRICS
 
 
 def floats(v: torch.Tensor) -> list[float | None]:

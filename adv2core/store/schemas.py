@@ -104,22 +104,9 @@ SAMPLES = _schema(
 # Interpreter-free attacks (PGD, StAdv) are computed once per (model, shard): one row per image with what
 # does not depend on an interpreter. The attack stage then evaluates these examples under every
 # interpreter and writes their ``samples`` rows (the map metrics added, the rest copied from here).
-EXAMPLES = _schema(
-    [f for f in _SAMPLE_KEYS if f.name != "interpreter"]
-    + [
-        _opt("error", pa.string()),
-        _opt("true_class", pa.int16()),
-        _opt("target_class", pa.int16()),
-        _opt("pred_class", pa.int16()),
-        _opt("success", pa.bool_()),
-        _opt("confidence", pa.float32()),
-        _opt("target_prob", pa.float32()),
-        _opt("benign_pred", pa.int16()),
-        _opt("linf", pa.float32()),
-        _opt("steps", pa.int32()),
-        _opt("seconds", pa.float32()),
-    ]
-)
+#: The map metrics: what an interpreter adds to an example's row.
+MAP_METRICS = ("l1", "l2", *IOU_COLUMNS, "iou_mean", "loc_iou_benign", "loc_iou_adv")
+EXAMPLES = _schema([f for f in SAMPLES if f.name != "interpreter" and f.name not in MAP_METRICS])
 
 # Benign maps are computed once per (model, interpreter, shard) for the attacked images: every attack
 # unit and the cross-evaluation read them (arrays ``benign_maps``, float32) instead of explaining again.
