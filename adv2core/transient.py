@@ -83,7 +83,7 @@ def call_with_oom_policy(fn: Callable[[slice], Any], n: int, merge: Callable[[li
 
 
 def merge_attack_results(parts: list[Any]) -> Any:
-    """One :class:`~adv2core.attacks.base.AttackResult` from those of consecutive slices of a batch."""
+    """One :class:`~adv2core.attacks.result.AttackResult` from those of consecutive slices of a batch."""
     from dataclasses import fields, replace
 
     first = parts[0]

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from adv2core import presets
 from adv2core.attacks import (
     ADV2CAM,
     ADV2Grad,
@@ -34,9 +35,9 @@ from adv2core.attacks import (
     target_classes,
     warp,
 )
-from adv2core.attacks.base import Adam, cross_entropy, cw_margin
-from adv2core import presets
 from adv2core.attacks.config import ADV2GradConfig, PGDConfig, validate_config
+from adv2core.attacks.losses import cross_entropy, cw_margin
+from adv2core.attacks.params import Adam
 from adv2core.attacks.targets import pick_target_images
 from adv2core.errors import ConfigError
 from adv2core.interpreters import CAM, Grad

@@ -405,6 +405,7 @@ def _same(a, b) -> bool:
 def test_single_sort_lists_equal_per_column_lists(synthetic, monkeypatch):
     """The list SQL (one ordered struct aggregate per cell) gives the same rows, element for element,
     as one ordered aggregate per column, and the tables built on it the same records."""
+    from adv2core.report import cells as C
     from adv2core.report import tables as T
     from adv2core.store.query import connect
 
@@ -412,7 +413,7 @@ def test_single_sort_lists_equal_per_column_lists(synthetic, monkeypatch):
     try:
         cols = ["success", *IOU_COLUMNS, "iou_mean", "l1", "l2", ("loc_iou_benign", "loc_benign")]
         new, old = (f"SELECT model, interpreter, attack, {fn(cols)} FROM samples WHERE config_hash = ? "
-                    f"GROUP BY ALL ORDER BY ALL" for fn in (T._lists, _lists_per_column))
+                    f"GROUP BY ALL ORDER BY ALL" for fn in (C._lists, _lists_per_column))
         got, ref = (con.execute(q, [CFG_A]).fetchall() for q in (new, old))
         assert len(got) == len(ref) == 7
         assert all(_same(list(g), list(r)) for g, r in zip(got, ref)), (got, ref)
@@ -425,10 +426,10 @@ def test_single_sort_lists_equal_per_column_lists(synthetic, monkeypatch):
         for name, cols_q in (("_LOC_QUERY", ["success", ("loc_iou_benign", "loc_benign"), ("loc_iou_adv", "loc_adv")]),
                              ("_TRANSFER_QUERY", ["success", "l1", "iou_mean"])):
             q = getattr(T, name)
-            assert T._lists(cols_q) in q
-            monkeypatch.setattr(T, name, q.replace(T._lists(cols_q), _lists_per_column(cols_q)))
-        monkeypatch.setattr(T, "_lists", _lists_per_column)  # _cells_query builds its SQL at call time
-        assert "list_transform" not in T._LOC_QUERY + T._TRANSFER_QUERY + T._cells_query(["l1"])
+            assert C._lists(cols_q) in q
+            monkeypatch.setattr(T, name, q.replace(C._lists(cols_q), _lists_per_column(cols_q)))
+        monkeypatch.setattr(C, "_lists", _lists_per_column)  # _cells_query builds its SQL at call time
+        assert "list_transform" not in T._LOC_QUERY + T._TRANSFER_QUERY + C._cells_query(["l1"])
         before = [b(con, CFG_A).records for b in builders]
     finally:
         con.close()

@@ -7,22 +7,14 @@ returns an :class:`AttackResult`. Hyper-parameters and presets: :mod:`adv2core.a
 
 from adv2core.attacks.adaptive import ADV2Ensemble, ADV2FSCAM, ADV2FSGrad, ADV2FSRTS, fs_term
 from adv2core.attacks.adv2 import ADV2, ADV2CAM, ADV2Grad, ADV2RTS, BestIterate, JointAttack
-from adv2core.attacks.base import (
-    Attack,
-    AttackResult,
-    FlowParam,
-    InterpretationLoss,
-    InterpretationTerm,
-    SignParam,
-    cross_entropy,
-    cw_margin,
-    flow_loss,
-    warp,
-)
+from adv2core.attacks.base import Attack
 from adv2core.attacks.config import PAPER, AttacksConfig, load_preset, validate_config
+from adv2core.attacks.losses import InterpretationLoss, InterpretationTerm, cross_entropy, cw_margin
 from adv2core.attacks.mask import ADV2Mask, StAdvADV2Mask
+from adv2core.attacks.params import FlowParam, SignParam, flow_loss, warp
 from adv2core.attacks.pgd import PGD
 from adv2core.attacks.registry import ATTACK_NAMES, attack_class, attack_config, build_attack
+from adv2core.attacks.result import AttackResult
 from adv2core.attacks.stadv import StAdv, StAdvADV2, StAdvADV2CAM, StAdvADV2Grad, StAdvADV2RTS
 from adv2core.attacks.targets import (
     benign_maps,

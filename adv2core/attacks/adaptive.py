@@ -25,8 +25,10 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from adv2core.attacks.adv2 import ADV2, ADV2CAM, ADV2RTS, ADV2Grad, Schedule, linear_growth
-from adv2core.attacks.base import AttackResult, InterpretationLoss, Objective, cross_entropy
+from adv2core.attacks.base import Objective
 from adv2core.attacks.config import ADV2EnsembleConfig, ADV2FSCAMConfig, ADV2FSGradConfig, ADV2FSRTSConfig
+from adv2core.attacks.losses import InterpretationLoss, cross_entropy
+from adv2core.attacks.result import AttackResult
 from adv2core.defences.squeeze_diff import bit_depth_st, median_st, squeeze_distance
 from adv2core.errors import ConfigError
 from adv2core.interpreters.base import Interpreter

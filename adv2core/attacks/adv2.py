@@ -14,19 +14,11 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from adv2core.attacks.base import (
-    Attack,
-    AttackResult,
-    InterpretationLoss,
-    Objective,
-    Param,
-    SignParam,
-    Status,
-    cross_entropy,
-    run_stage,
-    where_n,
-)
+from adv2core.attacks.base import Attack, Objective, run_stage
 from adv2core.attacks.config import ADV2CAMConfig, ADV2GradConfig, ADV2RTSConfig
+from adv2core.attacks.losses import InterpretationLoss, cross_entropy
+from adv2core.attacks.params import Param, SignParam
+from adv2core.attacks.result import AttackResult, Status, where_n
 from adv2core.errors import ConfigError
 from adv2core.interpreters.base import Interpreter
 

@@ -17,21 +17,11 @@ from typing import Any
 import torch
 
 from adv2core.attacks.adv2 import ADV2
-from adv2core.attacks.base import (
-    Adam,
-    AttackResult,
-    FlowParam,
-    SignParam,
-    Status,
-    cw_margin,
-    expand,
-    flow_loss,
-    init_flow,
-    run_stage,
-    warp,
-    where_n,
-)
+from adv2core.attacks.base import run_stage
 from adv2core.attacks.config import ADV2MaskConfig, StAdvADV2MaskConfig
+from adv2core.attacks.losses import cw_margin
+from adv2core.attacks.params import Adam, FlowParam, SignParam, flow_loss, init_flow, warp
+from adv2core.attacks.result import AttackResult, Status, expand, where_n
 from adv2core.attacks.stadv import StAdvADV2
 from adv2core.metrics.quantize import quantize_uint8
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from adv2core.attacks.base import Attack, AttackResult, SignParam, Status, run_stage
+from adv2core.attacks.base import Attack, run_stage
 from adv2core.attacks.config import PGDConfig
+from adv2core.attacks.params import SignParam
+from adv2core.attacks.result import AttackResult, Status
 
 
 class PGD(Attack):

@@ -14,13 +14,15 @@ from typing import Any
 import torch
 
 from adv2core.attacks.adv2 import JointAttack, Schedule, linear_growth, piecewise
-from adv2core.attacks.base import Attack, AttackResult, FlowParam, Param, Status, flow_loss, init_flow, run_stage
+from adv2core.attacks.base import Attack, run_stage
 from adv2core.attacks.config import (
     StAdvADV2CAMConfig,
     StAdvADV2GradConfig,
     StAdvADV2RTSConfig,
     StAdvConfig,
 )
+from adv2core.attacks.params import FlowParam, Param, flow_loss, init_flow
+from adv2core.attacks.result import AttackResult, Status
 
 
 def _flow_param(cfg: Any, x0: torch.Tensor, ids: list[str], seed: int, lr: float | None = None, tau: float | None = None) -> FlowParam:

@@ -22,9 +22,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from adv2core.attacks.base import AttackResult
 from adv2core.attacks.config import AttacksConfig, load_preset
 from adv2core.attacks.registry import attack_class, build_attack
+from adv2core.attacks.result import AttackResult
 from adv2core.attacks.targets import check_target_map, target_classes
 from adv2core.bench.evaluate import IOU_KEYS, MAP_KEYS, make_target_maps, map_metrics
 from adv2core.bench.evaluate import floats as _f

@@ -12,7 +12,7 @@ from adv2core.report.build import (
     headline_markdown,
     resolve_run,
 )
-from adv2core.report.tables import Block, ReportTable
+from adv2core.report.rendering import Block, ReportTable
 
 __all__ = [
     "Block",

@@ -15,7 +15,7 @@ import math
 from typing import Any, Sequence
 
 from adv2core.report.shape import _get
-from adv2core.report.tables import Block, ReportTable, attack_name, fmt_num, fmt_pct
+from adv2core.report.rendering import Block, ReportTable, attack_name, fmt_num, fmt_pct
 
 BEFORE, AFTER = "rts", "rts-aid"
 

@@ -19,11 +19,10 @@ from adv2core.report import detection, plots
 from adv2core.report.aid import aid_table
 from adv2core.report.marks import apply_marks, marks_from_run
 from adv2core.report.population import population_table
+from adv2core.report.rendering import ReportTable, interpreter_key
 from adv2core.report.shape import shape_table
 from adv2core.report.tables import (
-    ReportTable,
     distance_table,
-    interpreter_key,
     iou_table,
     localisation_table,
     status_table,

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from adv2core.report.marks import Marks, strike
-from adv2core.report.tables import (
+from adv2core.report.rendering import (
     DASH,
     Block,
     ReportTable,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from adv2core.report.tables import DASH, INTERPRETER_NAMES, ReportTable, interpreter_name
+from adv2core.report.rendering import DASH, INTERPRETER_NAMES, ReportTable, interpreter_name
 
 Marks = dict[tuple[str, str], str]  # (model, interpreter) -> reason
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from adv2core.report.tables import (
+from adv2core.report.rendering import (
     attack_key,
     attack_name,
     interpreter_key,

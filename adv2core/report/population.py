@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from adv2core.report.tables import Block, ReportTable, _fetch, fmt_pct
+from adv2core.report.cells import _fetch
+from adv2core.report.rendering import Block, ReportTable, fmt_pct
 
 _QUERY = """
 SELECT model,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from adv2core.report.tables import Block, ReportTable, fmt_num, fmt_pct, interpreter_key, interpreter_name
+from adv2core.report.rendering import Block, ReportTable, fmt_num, fmt_pct, interpreter_key, interpreter_name
 
 MIN_SUCCESS = 0.9
 MAX_SUCCESS_GAP = 0.10

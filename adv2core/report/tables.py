@@ -7,286 +7,46 @@ same definition the tests and the metrics docs use: success rate over **all atta
 a success value; ``error`` rows have none and are counted in the status table), every other metric over
 the **successful** ones. Bootstrap seed and ordering are fixed, so the same data gives the same bytes.
 
-A :class:`ReportTable` keeps two views of the same numbers: ``records`` (tidy rows with raw floats, what
-the CSV holds and what tests parse back) and ``blocks`` (formatted wide tables for Markdown, LaTeX and
-Prefect table artifacts).
+The builders fill :class:`~adv2core.report.rendering.ReportTable` objects (records for the CSV, blocks for
+Markdown/LaTeX/artifacts); the per-cell queries they share live in :mod:`adv2core.report.cells`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from adv2core.metrics.stats import bootstrap_ci, summarize
+from adv2core.metrics.stats import bootstrap_ci
+from adv2core.report.cells import (
+    _CELL_KEYS,
+    _COUNT_FIELDS,
+    N_BOOT,
+    SEED,
+    _arr,
+    _cell,
+    _cells_query,
+    _fetch,
+    _lists,
+    _metric_fields,
+    _sample_cells,
+    _sorted_cells,
+)
+from adv2core.report.rendering import (
+    DASH,
+    Block,
+    ReportTable,
+    attack_key,
+    attack_name,
+    fmt_ci,
+    fmt_num,
+    fmt_pct,
+    interpreter_key,
+    interpreter_name,
+)
 from adv2core.store.schemas import IOU_COLUMNS, IOU_KS
-
-# ----------------------------------------------------------------------------- names and ordering
-ATTACK_ORDER = ("pgd", "adv2", "stadv", "stadv-adv2")
-INTERPRETER_ORDER = ("grad", "cam", "rts", "mask")
-ATTACK_NAMES = {"pgd": "PGD", "adv2": "ADV²", "stadv": "StAdv", "stadv-adv2": "StAdv-ADV²"}
-INTERPRETER_NAMES = {"grad": "Grad", "cam": "CAM", "rts": "RTS", "mask": "MASK"}
-# Interpreter-independent attacks whose maps give the reference row of a transfer matrix.
-REFERENCE_ATTACKS: dict[str, tuple[str, ...]] = {"stadv-adv2": ("pgd", "stadv")}
-DEFAULT_REFERENCES: tuple[str, ...] = ("pgd",)
-
-N_BOOT = 1000
-SEED = 0
-DASH = "–"  # an empty cell (no row, or no successful sample)
-
-
-def _order(order: Sequence[str]) -> Callable[[str], tuple[int, str]]:
-    return lambda v: (order.index(v) if v in order else len(order), v)
-
-
-attack_key = _order(ATTACK_ORDER)
-interpreter_key = _order(INTERPRETER_ORDER)
-
-
-def attack_name(a: str) -> str:
-    return ATTACK_NAMES.get(a, a)
-
-
-def interpreter_name(i: str) -> str:
-    return INTERPRETER_NAMES.get(i, i)
-
-
-# ----------------------------------------------------------------------------- number formatting
-def _nan(x: float | None) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
-def fmt_num(x: float | None, digits: int = 3) -> str:
-    """A distance/IoU/probability with ``digits`` decimals; NaN or None gives the dash."""
-    return DASH if _nan(x) else f"{x:.{digits}f}"
-
-
-def fmt_pct(x: float | None) -> str:
-    """A fraction shown as a percentage with one decimal."""
-    return DASH if _nan(x) else f"{100.0 * x:.1f}"
-
-
-def fmt_ci(mean: float | None, lo: float | None, hi: float | None, fmt: Callable[[float | None], str] = fmt_num) -> str:
-    """``mean [lo, hi]``; only the mean when the interval is unknown; the dash for no data."""
-    if _nan(mean):
-        return DASH
-    if _nan(lo) or _nan(hi):
-        return fmt(mean)
-    return f"{fmt(mean)} [{fmt(lo)}, {fmt(hi)}]"
-
-
-def _csv_value(v: Any) -> str:
-    """Raw values for CSV: floats round-trip exactly (repr), NaN/None are empty."""
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return "" if math.isnan(v) else repr(v)
-    return str(v)
-
-
-# ----------------------------------------------------------------------------- rendering
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-}
-_LATEX_UNICODE = {"²": r"$^2$", DASH: "--", "↔": r"$\leftrightarrow$", "≥": r"$\geq$", "×": r"$\times$"}
-
-
-def latex_escape(text: str) -> str:
-    out = []
-    for ch in text:
-        out.append(_LATEX_SPECIAL.get(ch) or _LATEX_UNICODE.get(ch) or ch)
-    return "".join(out)
-
-
-def _md_escape(text: str) -> str:
-    return text.replace("|", r"\|")
-
-
-@dataclass
-class Block:
-    """One rectangular table (a report table may hold several, e.g. one transfer matrix per model)."""
-
-    header: list[str]
-    rows: list[list[str]]
-    caption: str | None = None
-
-    def markdown(self) -> str:
-        lines = []
-        if self.caption:
-            lines += [f"**{_md_escape(self.caption)}**", ""]
-        if not self.rows:
-            return "\n".join(lines + ["_(no data)_"])
-        lines.append("| " + " | ".join(_md_escape(h) for h in self.header) + " |")
-        lines.append("|" + "|".join("---" for _ in self.header) + "|")
-        lines += ["| " + " | ".join(_md_escape(c) for c in r) + " |" for r in self.rows]
-        return "\n".join(lines)
-
-    def latex(self) -> str:
-        """A booktabs ``tabular`` (first column left, the rest centred)."""
-        if not self.rows:
-            return f"% {latex_escape(self.caption or 'table')}: no data"
-        spec = "l" * _label_columns(self.header) + "c" * (len(self.header) - _label_columns(self.header))
-        lines = []
-        if self.caption:
-            lines.append(f"% {latex_escape(self.caption)}")
-        lines += [
-            f"\\begin{{tabular}}{{{spec}}}",
-            r"\toprule",
-            " & ".join(latex_escape(h) for h in self.header) + r" \\",
-            r"\midrule",
-        ]
-        lines += [" & ".join(latex_escape(c) for c in r) + r" \\" for r in self.rows]
-        lines += [r"\bottomrule", r"\end{tabular}"]
-        return "\n".join(lines)
-
-
-_LABEL_HEADERS = {"Model", "Interp.", "Attack", "Source \\ eval", "Metric"}
-
-
-def _label_columns(header: Sequence[str]) -> int:
-    n = 0
-    for h in header:
-        if h not in _LABEL_HEADERS:
-            break
-        n += 1
-    return max(n, 1)
-
-
-@dataclass
-class ReportTable:
-    """One paper table: tidy raw ``records`` (CSV) plus formatted ``blocks`` (Markdown/LaTeX/artifacts)."""
-
-    key: str
-    title: str
-    note: str
-    columns: list[str]  # CSV column order
-    records: list[dict[str, Any]]
-    blocks: list[Block]
-    files: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def empty(self) -> bool:
-        return not self.records
-
-    def markdown(self, level: int = 3) -> str:
-        parts = [f"{'#' * level} {self.title}", "", self.note, ""]
-        for b in self.blocks or [Block([], [])]:
-            parts += [b.markdown(), ""]
-        return "\n".join(parts).rstrip() + "\n"
-
-    def latex(self) -> str:
-        parts = [f"% {latex_escape(self.title)}", f"% {latex_escape(self.note)}", ""]
-        for b in self.blocks:
-            parts += [b.latex(), ""]
-        return "\n".join(parts).rstrip() + "\n"
-
-    def csv(self) -> str:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(self.columns)
-        for r in self.records:
-            w.writerow([_csv_value(r.get(c)) for c in self.columns])
-        return buf.getvalue()
-
-    def artifact_rows(self) -> list[dict[str, str]]:
-        """Formatted rows for a Prefect table artifact (blocks concatenated; the caption as a column)."""
-        out: list[dict[str, str]] = []
-        many = len(self.blocks) > 1
-        for b in self.blocks:
-            for r in b.rows:
-                row = {"table": b.caption or ""} if many else {}
-                row.update(dict(zip(b.header, r)))
-                out.append(row)
-        return out
-
-    def write(self, out_dir: Path, stem: str) -> dict[str, Path]:
-        """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.tex``; returns and remembers the paths."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        contents = {"md": self.markdown(level=2), "csv": self.csv(), "tex": self.latex()}
-        for ext, text in contents.items():
-            p = out_dir / f"{stem}.{ext}"
-            p.write_text(text, encoding="utf-8", newline="")
-            self.files[ext] = p
-        return dict(self.files)
-
-
-# ----------------------------------------------------------------------------- query helpers
-def _arr(values: Sequence[Any] | None) -> np.ndarray:
-    """A DuckDB list (None entries allowed, or a NULL list) as float64 with NaN for NULL."""
-    if values is None:
-        return np.zeros(0, dtype=np.float64)
-    return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
-
-
-def _fetch(con: Any, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-    cur = con.execute(query, list(params))
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, row)) for row in cur.fetchall()]
-
-
-def _cell(success: np.ndarray, metrics: dict[str, np.ndarray]) -> dict[str, float | int]:
-    return summarize(success, metrics, n_boot=N_BOOT, seed=SEED)
-
-
-def _lists(cols: Iterable[str | tuple[str, str]]) -> str:
-    """SQL selecting each column as a DOUBLE list ordered by image over the attacked rows (success known).
-
-    ``cols``: column names, or ``(column, alias)`` pairs. The values are the same as one
-    ``list(c::DOUBLE ORDER BY image_id) FILTER (WHERE success IS NOT NULL)`` per column, but computed by
-    **one** ordered aggregate over a struct of all columns (DuckDB merges the identical aggregate
-    expressions), so the rows are sorted once per cell instead of once per column, and each column is
-    taken back out with ``list_transform``: about 2x faster for the IoU table's 12 lists at 10^6 rows
-    (benchmarks/perf_pipeline.py); it also keeps the columns' elements paired row by row. Must sit in a
-    query grouped by cell over a relation with ``image_id`` and ``success``.
-    """
-    pairs = [(c, c) if isinstance(c, str) else c for c in cols]
-    fields = ", ".join(f"'{alias}': {col}::DOUBLE" for col, alias in pairs)
-    agg = f"list({{{fields}}} ORDER BY image_id) FILTER (WHERE success IS NOT NULL)"
-    return ",\n  ".join(f"list_transform({agg}, lambda x: x.{alias}) AS {alias}" for _col, alias in pairs)
-
-
-def _metric_fields(name: str) -> list[str]:
-    return [f"{name}_{s}" for s in ("mean", "lo", "hi", "std", "n")]
-
-
-_CELL_KEYS = ["model", "interpreter", "attack"]
-_COUNT_FIELDS = ["n_rows", "n_attacked", "n_success"]
-
-
-def _cells_query(metric_cols: Sequence[str]) -> str:
-    return f"""
-SELECT model, interpreter, attack, count(*) AS n_rows,
-  {_lists(['success', *metric_cols])}
-FROM samples
-WHERE config_hash = ?
-GROUP BY model, interpreter, attack
-"""
-
-
-def _sorted_cells(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(rows, key=lambda r: (r["model"], interpreter_key(r["interpreter"]), attack_key(r["attack"])))
-
-
-def _sample_cells(con: Any, config_hash: str, metric_cols: Sequence[str]) -> list[dict[str, Any]]:
-    """One record per (model, interpreter, attack): counts plus ``summarize`` of the given columns."""
-    out = []
-    for r in _sorted_cells(_fetch(con, _cells_query(metric_cols), [config_hash])):
-        success = _arr(r["success"])
-        cell = _cell(success, {c: _arr(r[c]) for c in metric_cols})
-        rec: dict[str, Any] = {k: r[k] for k in _CELL_KEYS}
-        rec["n_rows"] = int(r["n_rows"])
-        rec.update(cell)
-        out.append(rec)
-    return out
 
 
 def _wide(
@@ -395,6 +155,9 @@ def iou_table(con: Any, config_hash: str) -> ReportTable:
 
 
 # ----------------------------------------------------------------------------- table 4
+# Interpreter-independent attacks whose maps give the reference row of a transfer matrix.
+REFERENCE_ATTACKS: dict[str, tuple[str, ...]] = {"stadv-adv2": ("pgd", "stadv")}
+DEFAULT_REFERENCES: tuple[str, ...] = ("pgd",)
 _TRANSFER_QUERY = f"""
 SELECT model, attack, source_interpreter, eval_interpreter, count(*) AS n_rows,
   {_lists(['success', 'l1', 'iou_mean'])}
