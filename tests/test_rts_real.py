@@ -83,3 +83,52 @@ def test_real_model_masker_geometry_and_gradient(build, taps):
     torch.testing.assert_close(extra, F.cross_entropy(model(x), y, reduction="none"), atol=1e-4, rtol=1e-4)
     (g,) = torch.autograd.grad(m.sum() + extra.sum(), xr)
     assert m.shape == (2, 1, 56, 56) and torch.isfinite(g).all() and float(g.abs().sum()) > 0
+
+
+# --- resumable training ------------------------------------------------------------------------------
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_at", [(1, 4), (2, 3)])
+def test_interrupted_training_resumes_to_the_same_weights(trained_resnet, small_data_cfg, tmp_path, stop_at):
+    """Killed in phase 1 or phase 2, a second fit_rts with the same resume file continues from the last
+    saved state and ends with the weights of an uninterrupted run; the file is gone afterwards."""
+    from adv2core.data.synthetic import EmbeddedDataset
+    from adv2core.interpreters.config import load_interpreter_config
+    from adv2core.interpreters.rts_fit import fit_rts
+
+    model = trained_resnet[0]
+    x, y, _ = EmbeddedDataset("train", small_data_cfg).tensors()
+    x, y = x[:64], y[:64]
+    cfg = load_interpreter_config("quick")["rts"].model_copy(update=dict(
+        phase1_iterations=6, phase1_batch_size=16, phase1_lr_step=4, phase2_iterations=6, phase2_batch_size=4,
+        phase2_lr_step=4, black_box_autocast="off"))
+    ref = build_masker(model, cfg)
+    fit_rts(ref, model, x, y, cfg, progress=False)
+
+    def stop(phase, done):
+        if (phase, done) == stop_at:
+            raise _Stop
+
+    state = tmp_path / "rts.partial.pt"
+    first = build_masker(model, cfg)
+    with pytest.raises(_Stop):
+        fit_rts(first, model, x, y, cfg, progress=False, callback=stop, resume_path=state, save_every=2)
+    assert state.is_file()
+    again = build_masker(model, cfg)  # a fresh process: new, untrained masker
+    metrics = fit_rts(again, model, x, y, cfg, progress=False, resume_path=state, save_every=2)
+    assert metrics["resumed_from"].startswith(f"phase {stop_at[0]}") and not state.exists()
+    for (k, a), b in zip(ref.state_dict().items(), again.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_real_model_without_trained_masker_names_the_command(real_data_root, monkeypatch, tmp_path):
+    from adv2core.errors import CheckpointError
+    from adv2core.interpreters.rts_training import load_or_train_masker
+
+    monkeypatch.setenv("ADV2_DATA", str(tmp_path))
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "imagenet-samples").symlink_to(real_data_root / "datasets" / "imagenet-samples")
+    with pytest.raises(CheckpointError, match="train-rts --model squeezenet1_1 --preset real"):
+        load_or_train_masker(_squeezenet().eval(), RTSConfig(decoder_base=8))
