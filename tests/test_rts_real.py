@@ -132,3 +132,21 @@ def test_real_model_without_trained_masker_names_the_command(real_data_root, mon
     (tmp_path / "datasets" / "imagenet-samples").symlink_to(real_data_root / "datasets" / "imagenet-samples")
     with pytest.raises(CheckpointError, match="train-rts --model squeezenet1_1 --preset real"):
         load_or_train_masker(_squeezenet().eval(), RTSConfig(decoder_base=8))
+
+
+def test_class_blind_masker_fails_the_real_quality_bar():
+    """With the selector gate shut for every class (the first measured squeezenet1_1 masker: identical
+    maps for true and wrong classes) the bar fails, whatever float noise says about the deletion drops."""
+    from adv2core.interpreters.rts_real import real_quality
+
+    torch.manual_seed(0)
+    model = _squeezenet().eval().requires_grad_(False)
+    masker = build_masker(model, RTSConfig(decoder_base=8))
+    with torch.no_grad():
+        masker.selector.weight.zero_()  # act = 0 -> sigmoid(0 - 6): the same gate for every class
+    x = torch.rand(3, 3, 224, 224)
+    y = model(x).argmax(1)
+    rts = RTS(model, masker.eval(), confidence=6.0)
+    q = real_quality("squeezenet1_1", rts, x, y, ["a", "b", "c"], RTSConfig())
+    assert q["quality_images"] == 3 and q["sel_map_diff"] < 1e-6
+    assert not q["quality_passed"]

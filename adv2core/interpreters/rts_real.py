@@ -14,9 +14,10 @@ validation photos of ``imagenet-samples`` (:mod:`adv2core.data.imagenet_samples`
   checks that need no object mask: (1) the preflight interpreter gate
   (:func:`adv2core.gates.check_interpreter`: finite, not near-constant) on the correctly classified
   photos, exactly as a run applies it; (2) class selectivity by deletion, the mask-free analogue of the
-  true-vs-wrong-class localisation control: blurring the ``fraction`` most salient pixels of the
-  true-class map must lower the classifier's probability of the true class more than blurring the same
-  number of pixels ranked by a random wrong class's map (:func:`selectivity_report`).
+  true-vs-wrong-class localisation control: the true-class and wrong-class maps must differ (mean
+  absolute difference above the gate's ``min_range``), and blurring the ``fraction`` most salient pixels
+  of the true-class map must lower the classifier's probability of the true class more than blurring the
+  same number of pixels ranked by a random wrong class's map (:func:`selectivity_report`).
 
 A masker that fails either is not cached (:class:`~adv2core.gates.GateError` with the numbers).
 """
@@ -70,25 +71,28 @@ def selectivity_report(rts: Any, images: torch.Tensor, labels: torch.Tensor, *, 
     For each image: p0 = softmax probability of its label; the ``fraction`` most salient pixels of the
     map (bilinearly upsampled) for the true class, and separately for a random wrong class, are replaced
     by the blurred image (the recipe's blur); drop = p0 - p(after). Returns the means ``drop_true``,
-    ``drop_wrong`` and the mean mask values ``mask_true`` / ``mask_wrong``."""
+    ``drop_wrong``, the mean mask values ``mask_true`` / ``mask_wrong`` and ``map_diff``, the mean
+    absolute difference between the two maps (0 for a class-blind masker)."""
     model = rts.model
     dev = model.mean.device
     wrong = wrong_classes(labels, model.num_classes, seed)
-    sums = {"drop_true": 0.0, "drop_wrong": 0.0, "mask_true": 0.0, "mask_wrong": 0.0}
+    sums = {"drop_true": 0.0, "drop_wrong": 0.0, "mask_true": 0.0, "mask_wrong": 0.0, "map_diff": 0.0}
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(dev)
         y = labels[start:start + batch_size].to(dev)
         s = x.shape[-1]
         blur = gaussian_blur(x, blur_kernel, blur_sigma)
         p0 = F.softmax(model(x), dim=1).gather(1, y[:, None])[:, 0]
+        maps = {}
         for key, cls in (("true", y), ("wrong", wrong[start:start + batch_size].to(dev))):
-            m = rts.explain(x, cls)
+            m = maps[key] = rts.explain(x, cls)
             sums[f"mask_{key}"] += float(m.mean(dim=(1, 2, 3)).sum())
             big = F.interpolate(m, size=(s, s), mode="bilinear", align_corners=False).flatten(1)
             k = max(1, round(fraction * big.shape[1]))
             top = torch.zeros_like(big).scatter_(1, big.topk(k, dim=1).indices, 1.0).view(-1, 1, s, s)
             p = F.softmax(model(x * (1 - top) + blur * top), dim=1).gather(1, y[:, None])[:, 0]
             sums[f"drop_{key}"] += float((p0 - p).sum())
+        sums["map_diff"] += float((maps["true"] - maps["wrong"]).abs().mean(dim=(1, 2, 3)).sum())
     n = max(1, len(images))
     return {k: v / n for k, v in sums.items()}
 
@@ -96,7 +100,10 @@ def selectivity_report(rts: Any, images: torch.Tensor, labels: torch.Tensor, *, 
 def real_quality(classifier_name: str, rts: Any, images: torch.Tensor, labels: torch.Tensor,
                  ids: list[str], rts_cfg: RTSConfig) -> dict[str, Any]:
     """The preflight gate (``mark`` mode, default thresholds) and the deletion selectivity on the
-    correctly classified photos; ``passed`` = gate ok and ``drop_true > drop_wrong``."""
+    correctly classified photos; ``passed`` = gate ok, the maps change with the class (``map_diff`` above
+    the gate's ``min_range``, the scale below which it calls a map constant) and ``drop_true > drop_wrong``.
+    (The first measured squeezenet1_1 masker had drop 0.35037 vs 0.35035 with identical maps: a bare
+    ``drop_true > drop_wrong`` would have passed a class-blind masker on float noise.)"""
     from adv2core.gates import GatesConfig, check_interpreter, predictions
 
     pred = predictions(rts.model, images)
@@ -105,7 +112,8 @@ def real_quality(classifier_name: str, rts: Any, images: torch.Tensor, labels: t
     gate = check_interpreter(rts, classifier_name, x, y, None, GatesConfig(on_degenerate="mark"),
                              ids=[ids[int(i)] for i in ok])
     sel = selectivity_report(rts, x, y, blur_kernel=rts_cfg.alt_blur_kernel, blur_sigma=rts_cfg.alt_blur_sigma)
-    passed = gate["status"] == "ok" and sel["drop_true"] > sel["drop_wrong"]
+    cfg = GatesConfig()
+    passed = gate["status"] == "ok" and sel["map_diff"] > cfg.min_range and sel["drop_true"] > sel["drop_wrong"]
     return {"quality_images": len(ok), "gate_status": gate["status"], "gate_reason": gate["reason"],
             "constant_fraction": gate["constant_fraction"], **{f"sel_{k}": v for k, v in sel.items()},
             "quality_passed": passed}
@@ -140,7 +148,8 @@ def train_rts_real(classifier_name: str, classifier: Classifier, rts_cfg: RTSCon
             f"({metrics['quality_images']} correctly classified): gate {metrics['gate_status']}"
             f"{' (' + str(metrics['gate_reason']) + ')' if metrics['gate_reason'] else ''}; deletion drop of "
             f"p(true class) {metrics['sel_drop_true']:.3f} for the true-class map vs {metrics['sel_drop_wrong']:.3f} "
-            f"for a wrong class (mean mask {metrics['sel_mask_true']:.3f} / {metrics['sel_mask_wrong']:.3f}); "
+            f"for a wrong class (mean mask {metrics['sel_mask_true']:.3f} / {metrics['sel_mask_wrong']:.3f}, mean "
+            f"|true - wrong map| {metrics['sel_map_diff']:.2g}, must exceed 1e-3); "
             f"nothing was cached. Train longer (phase2_iterations in the rts section of the preset)")
     meta = {"classifier": classifier_name, "classifier_fingerprint": classifier_fingerprint(classifier),
             "encoder": classifier_name, "pool": REAL_POOL, "pool_content": content,

@@ -2,7 +2,9 @@
 
 :func:`load_or_train_masker` is what :func:`adv2core.interpreters.registry.build_interpreter` calls for an
 RTS spec: an explicit checkpoint (``weights_only`` load; a pickle that would run code is refused), else the
-cache of :func:`train_rts` for embedded classifiers (trained there when ``train_if_missing``). The recipe
+cache of :func:`train_rts` for embedded classifiers (trained there when ``train_if_missing``) and for the
+packaged real ones (efficientnet-lite0, squeezenet1_1: trained on the ``imagenet-samples`` photos,
+:mod:`adv2core.interpreters.rts_real`). The recipe
 itself (losses, augmentation, the two phases) is :mod:`adv2core.interpreters.rts_fit`; the
 :class:`~adv2core.interpreters.rts.RTS` interpreter only wraps a ready masking model.
 """
@@ -158,6 +160,7 @@ def train_rts(
     encoder_model: Classifier | None = None,
 ) -> tuple[MaskingModel, dict[str, Any]]:
     """Train (or reuse the cached) masking model for an embedded classifier; returns (masker, metrics).
+    A packaged real classifier trains on the photo pool instead (:func:`~adv2core.interpreters.rts_real.train_rts_real`).
 
     ``encoder_model``: the companion encoder of a DenseNet (default: the cached embedded one for this
     data, trained first if missing). Metrics include the training time and the localisation score on the
