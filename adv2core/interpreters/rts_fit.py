@@ -26,7 +26,10 @@ labels are used: the ground-truth object masks are never seen in training (they 
 from __future__ import annotations
 
 import contextlib
+import os
+import pickle
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -231,10 +234,17 @@ def fit_rts(
     *,
     progress: bool = True,
     callback: Callable[[int, int], None] | None = None,
+    resume_path: Path | None = None,
+    save_every: int = 20,
 ) -> dict[str, Any]:
     """Run phase 1 and phase 2 on (images [N,3,S,S] in [0,1], labels) in place; returns training metrics.
 
     ``callback(phase, iterations_done)`` runs after every iteration (progress reporting, learning curves).
+    ``resume_path``: every ``save_every`` iterations the whole training state (weights, optimiser, random
+    generator, sampler position, running metrics) is written there atomically; a later call with the same
+    path continues from it (same result as an uninterrupted run, up to float non-determinism), and the
+    file is removed when training ends. The caller keys the path by the recipe, so a changed recipe never
+    resumes a stale state.
     """
     device = classifier.mean.device
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -245,6 +255,7 @@ def fit_rts(
     total = cfg.phase1_iterations + cfg.phase2_iterations
     bar = tqdm(total=total, desc=f"train-rts {classifier.name}", disable=not progress, unit="it")
     metrics: dict[str, Any] = {}
+    saved = _load_state(resume_path)
 
     # Phase 1: selector only (exists-logit cross-entropy on the deepest features).
     t0 = time.perf_counter()
@@ -255,7 +266,20 @@ def fit_rts(
     correct = torch.zeros((), device=device)
     seen = 0
     loss = torch.zeros((), device=device)
-    for it in range(cfg.phase1_iterations):
+    start1 = 0
+    if saved is not None:
+        masker.load_state_dict(saved["masker"])
+        _restore_rng(saved, gen, batches.sampler)
+        metrics.update(saved["metrics"])
+        if saved["phase"] == 1:
+            opt.load_state_dict(saved["opt"])
+            start1, correct, seen = saved["it"], saved["acc"][0].to(device), int(saved["acc"][1])
+        else:
+            start1 = cfg.phase1_iterations
+        bar.update(start1)
+        for group in opt.param_groups:  # the lr steps already taken
+            group["lr"] = cfg.phase1_lr / 10.0 ** (((start1 - 1) // cfg.phase1_lr_step) if cfg.phase1_lr_step and start1 else 0)
+    for it in range(start1, cfg.phase1_iterations):
         if cfg.phase1_lr_step and it and it % cfg.phase1_lr_step == 0:
             for group in opt.param_groups:
                 group["lr"] /= 10.0
@@ -275,9 +299,12 @@ def fit_rts(
             bar.set_postfix(phase=1, loss=f"{loss.item():.3f}")
         if callback is not None:
             callback(1, it + 1)
-    metrics["phase1_seconds"] = time.perf_counter() - t0
-    metrics["phase1_loss"] = float(loss.detach())
-    metrics["phase1_exists_accuracy"] = float(correct) / max(1, seen)
+        if resume_path is not None and (it + 1) % save_every == 0:
+            _save_state(resume_path, 1, it + 1, masker, opt, gen, batches.sampler, metrics, (correct, seen))
+    if saved is None or saved["phase"] == 1:
+        metrics["phase1_seconds"] = time.perf_counter() - t0
+        metrics["phase1_loss"] = float(loss.detach())
+        metrics["phase1_exists_accuracy"] = float(correct) / max(1, seen)
 
     # Phase 2: decoder (and optionally the selector).
     t0 = time.perf_counter()
@@ -286,7 +313,16 @@ def fit_rts(
     opt = torch.optim.Adam(params, lr=cfg.phase2_lr, weight_decay=cfg.phase2_weight_decay)
     sums: dict[str, torch.Tensor] = {}
     n_avg = 0
-    for it in range(cfg.phase2_iterations):
+    start2 = 0
+    if saved is not None and saved["phase"] == 2:
+        opt.load_state_dict(saved["opt"])
+        start2, n_avg = saved["it"], int(saved["acc"][1])
+        sums = {k: v.to(device) for k, v in saved["acc"][0].items()}
+        bar.update(start2)
+        if cfg.phase2_lr_step and start2:
+            for group in opt.param_groups:
+                group["lr"] = cfg.phase2_lr / 10.0 ** ((start2 - 1) // cfg.phase2_lr_step)
+    for it in range(start2, cfg.phase2_iterations):
         if cfg.phase2_lr_step and it and it % cfg.phase2_lr_step == 0:
             for group in opt.param_groups:
                 group["lr"] /= 10.0
@@ -306,10 +342,48 @@ def fit_rts(
             bar.set_postfix(phase=2, loss=f"{loss.item():.3f}")
         if callback is not None:
             callback(2, it + 1)
+        if resume_path is not None and (it + 1) % save_every == 0 and it + 1 < cfg.phase2_iterations:
+            _save_state(resume_path, 2, it + 1, masker, opt, gen, batches.sampler, metrics, (sums, n_avg))
     bar.close()
+    if resume_path is not None:
+        Path(resume_path).unlink(missing_ok=True)
     masker.selector.requires_grad_(True)
     masker.eval()
     metrics["phase2_seconds"] = time.perf_counter() - t0
     metrics.update({f"phase2_{name}": float(v) / max(1, n_avg) for name, v in sums.items()})
     metrics["train_seconds"] = metrics["phase1_seconds"] + metrics["phase2_seconds"]
+    if saved is not None:
+        metrics["resumed_from"] = f"phase {saved['phase']} iteration {saved['it']}"
     return metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Resumable state
+# ------------------------------------------------------------------------------------------------
+def _save_state(path: Path, phase: int, it: int, masker: MaskingModel, opt: torch.optim.Optimizer,
+                gen: torch.Generator, sampler: _Sampler, metrics: dict[str, Any], acc: tuple[Any, int]) -> None:
+    """The whole training state after ``it`` iterations of ``phase`` (tensors, numbers, dicts only)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"phase": phase, "it": it, "masker": masker.state_dict(), "opt": opt.state_dict(),
+             "gen": gen.get_state(), "perm": sampler.perm, "pos": sampler.pos,
+             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "acc": acc}
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path | None) -> dict[str, Any] | None:
+    """The saved state, or None (no file; an unreadable or torn one is discarded and training restarts)."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeError, pickle.UnpicklingError):
+        Path(path).unlink(missing_ok=True)
+        return None
+
+
+def _restore_rng(saved: dict[str, Any], gen: torch.Generator, sampler: _Sampler) -> None:
+    gen.set_state(saved["gen"])
+    sampler.perm, sampler.pos = saved["perm"], int(saved["pos"])

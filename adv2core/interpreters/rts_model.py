@@ -2,8 +2,10 @@
 
 Architecture (our own implementation of the pytorch-saliency design):
 
-* **encoder**: a frozen feature extractor returning the last feature map at every resolution from the
-  map's native side (input/4) down to the deepest one, plus its *own* classifier head.
+* **encoder**: a frozen feature extractor returning the last feature map at every distinct spatial side
+  from about the map's native side (input/4, :func:`select_taps`) down to the deepest one, plus its *own*
+  classifier head (``fc`` on the pooled deepest features; for a class-map head such as SqueezeNet's the
+  deepest features are the class maps and the head is their spatial mean).
 
   - ResNet classifiers (``resnet-mini``, ``resnet50``, ``isic-resnet50``): a frozen copy of the classifier
     itself (backbone and fc), as the paper's RTS-ResNet, whose encoder is the black box's ResNet-50.
@@ -19,8 +21,11 @@ Architecture (our own implementation of the pytorch-saliency design):
   s <- s * sigmoid(act - confidence); the spatial mean of act gives the "exists" logits (-a/2, a/2)
   trained in phase 1.
 * **U-Net upsampler**: per stage conv3x3 -> BN -> ReLU -> pixel shuffle (x2) (or ``upsample='bilinear'``:
-  bilinear x2 -> conv3x3 -> BN -> ReLU), concatenated with the encoder skip at that resolution, then a
-  bottleneck residual block; channels ``decoder_base * 2^j`` for stage j (0 = finest), up to input/4.
+  bilinear x2 -> conv3x3 -> BN -> ReLU), resized to the skip's exact size when the pyramid is not an
+  exact x2 one (SqueezeNet 1.1: 13 -> 27 -> 55), concatenated with the encoder skip at that resolution,
+  then a bottleneck residual block; channels ``decoder_base * 2^j`` for stage j (0 = finest). The mask is
+  resized (bilinear) to input/4 when the finest skip is not there (55 -> 56 for SqueezeNet at 224).
+  Encoders with an exact x2 pyramid (ResNets, EfficientNet-Lite0, the embedded models) never resize.
 * **head**: 1x1 conv to two channels (a, b); mask = |a| / (|a| + |b| + eps) in [0,1].
 """
 
@@ -44,13 +49,46 @@ MAP_STRIDE = 4
 
 def _flatten(module: nn.Module) -> list[nn.Module]:
     """Plain ``nn.Sequential`` containers expanded in order (subclasses such as DenseNet's transition
-    layers stay whole, so a 'last output at a resolution' is a block output, not a pre-pool conv)."""
+    layers stay whole, so a 'last output at a resolution' is a block output, not a pre-pool conv).
+
+    A module whose forward is a fixed chain of children that is not an ``nn.Sequential`` (EfficientNet's
+    ``extract_features``: stem, blocks, head) says so with a ``sequential_layers()`` method returning that
+    chain; it is expanded the same way, so the encoder sees every stage's output."""
     if type(module) is nn.Sequential:
         out: list[nn.Module] = []
         for child in module:
             out += _flatten(child)
         return out
+    chain = getattr(module, "sequential_layers", None)
+    if callable(chain):
+        out = []
+        for child in chain():
+            out += _flatten(child)
+        return out
     return [module]
+
+
+def select_taps(sides: list[int], native: int) -> list[int]:
+    """Indices of the encoder's skip layers, finest first, deepest (the last layer) last.
+
+    The skips are the *last* layer at each distinct spatial side, from the deepest side up to the finest
+    side that is at most ``native * sqrt(2)`` (within half an octave above the map side input/4): so
+    ResNets and the embedded models keep their exact x2 pyramid (56/28/14/7 at 224, 16/8 at 64) and a
+    network whose stage sides are not powers of two, such as SqueezeNet 1.1 (111/55/27/13 at 224), takes
+    55/27/13 and its mask is resized from 55 to 56. Sides coarser than ``native`` are all kept; finer
+    ones (112 at 224) are not needed for a map at input/4."""
+    if not sides:
+        raise ConfigError("RTS encoder has no layers")
+    last_at: dict[int, int] = {}
+    for i, s in enumerate(sides):
+        last_at[s] = i  # the last layer whose output has side s
+    deepest = len(sides) - 1
+    limit = native * math.sqrt(2.0)
+    taps = sorted(i for s, i in last_at.items() if s <= limit and i < deepest) + [deepest]
+    sizes = [sides[i] for i in taps]
+    if any(a <= b for a, b in zip(sizes, sizes[1:])):
+        raise ConfigError(f"RTS encoder skip sides {sizes} do not shrink from the finest to the deepest layer")
+    return taps
 
 
 class ClassifierEncoder(nn.Module):
@@ -59,11 +97,12 @@ class ClassifierEncoder(nn.Module):
     def __init__(
         self,
         backbone: nn.Module,
-        fc: nn.Linear,
+        fc: nn.Module,
         mean: torch.Tensor,
         std: torch.Tensor,
         input_size: int,
         convention: Literal["classifier", "pm2"] = "classifier",
+        channel_order: Literal["rgb", "bgr"] = "rgb",
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(_flatten(copy.deepcopy(backbone)))
@@ -71,6 +110,11 @@ class ClassifierEncoder(nn.Module):
         self.register_buffer("mean", mean.detach().clone().view(1, -1, 1, 1))
         self.register_buffer("std", std.detach().clone().view(1, -1, 1, 1))
         self.convention = convention
+        #: the classifier's channel order (SqueezeNet's Caffe weights take BGR), applied before its normalisation
+        self.channel_order = channel_order
+        self.input_size = int(input_size)
+        #: the map side the masking model outputs (input / MAP_STRIDE)
+        self.map_side = int(input_size) // MAP_STRIDE
         self.requires_grad_(False)
         self.eval()
         self.tap_index, self.tap_channels = self._find_taps(input_size)
@@ -82,27 +126,18 @@ class ClassifierEncoder(nn.Module):
         sides, chans = [], []
         for layer in self.layers:
             x = layer(x)
+            if x.dim() != 4:
+                raise ConfigError(f"RTS encoder layer {type(layer).__name__} does not return a feature map")
             sides.append(x.shape[-1])
             chans.append(x.shape[1])
-        last_at: dict[int, int] = {}
-        for i, s in enumerate(sides):
-            last_at[s] = i  # the last layer whose output has side s
-        deepest = len(sides) - 1
-        native = input_size // MAP_STRIDE
-        side, taps = sides[deepest], [deepest]
-        if native % side or (native // side) & (native // side - 1):
-            raise ConfigError(f"RTS needs the deepest feature side ({side}) to divide input/4 ({native}) by a power of 2")
-        while side < native:
-            side *= 2
-            if side not in last_at:
-                raise ConfigError(f"RTS encoder has no feature map of side {side} for a U-Net skip")
-            taps.append(last_at[side])
-        taps.reverse()  # finest first, deepest last
+        taps = select_taps(sides, input_size // MAP_STRIDE)
         return taps, [chans[i] for i in taps]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self.convention == "pm2":
             return (x - 0.5) * 4.0
+        if self.channel_order == "bgr":
+            x = x.flip(1)
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -117,6 +152,8 @@ class ClassifierEncoder(nn.Module):
         return out
 
     def logits_from(self, deepest: torch.Tensor) -> torch.Tensor:
+        """The head on the deepest features: ``fc(mean)``; for a class-map head (SqueezeNet, ``fc`` the
+        identity) the deepest features are the class maps and this is their spatial mean, the logits."""
         return self.fc(deepest.mean(dim=(2, 3)))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +199,10 @@ class _UpStage(nn.Module):
         self.fuse = _Bottleneck(cout + cskip, cout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.fuse(torch.cat([self.up(x), skip], dim=1))
+        up = self.up(x)
+        if up.shape[-2:] != skip.shape[-2:]:  # a pyramid that is not exactly x2 (SqueezeNet: 13 -> 27 -> 55)
+            up = F.interpolate(up, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.fuse(torch.cat([up, skip], dim=1))
 
 
 class MaskingModel(nn.Module):
@@ -213,7 +253,11 @@ class MaskingModel(nn.Module):
             flow = stage(flow, skip)
         ab = self.to_mask(flow).abs()
         a, b = ab[:, 0:1], ab[:, 1:2]
-        return a / (a + b + self.mask_eps), self.exists_logits(act)
+        mask = a / (a + b + self.mask_eps)
+        side = self.encoder.map_side
+        if mask.shape[-2:] != (side, side):  # finest skip not at input/4 (SqueezeNet: 55 at 224)
+            mask = F.interpolate(mask, size=(side, side), mode="bilinear", align_corners=False)
+        return mask, self.exists_logits(act)
 
     def forward(self, x: torch.Tensor, cls: torch.Tensor, confidence: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         return self.decode(self.encoder(x), cls, confidence)
@@ -268,8 +312,10 @@ def build_encoder(
         else:
             pretrained = True
         net = encoder_model  # ClassifierEncoder copies it; build_masker moves the copy to the device
-        return ClassifierEncoder(net.backbone, net.fc, net.mean, net.std, classifier.input_size, conv), pretrained
-    return ClassifierEncoder(classifier.backbone, classifier.fc, classifier.mean, classifier.std, classifier.input_size, conv), True
+        return ClassifierEncoder(net.backbone, net.fc, net.mean, net.std, classifier.input_size, conv,
+                                 net.channel_order), pretrained
+    return ClassifierEncoder(classifier.backbone, classifier.fc, classifier.mean, classifier.std, classifier.input_size,
+                             conv, classifier.channel_order), True
 
 
 def build_masker(classifier: Classifier, cfg: RTSConfig, encoder_model: Classifier | None = None) -> MaskingModel:

@@ -2,7 +2,9 @@
 
 :func:`load_or_train_masker` is what :func:`adv2core.interpreters.registry.build_interpreter` calls for an
 RTS spec: an explicit checkpoint (``weights_only`` load; a pickle that would run code is refused), else the
-cache of :func:`train_rts` for embedded classifiers (trained there when ``train_if_missing``). The recipe
+cache of :func:`train_rts` for embedded classifiers (trained there when ``train_if_missing``) and for the
+packaged real ones (efficientnet-lite0, squeezenet1_1: trained on the ``imagenet-samples`` photos,
+:mod:`adv2core.interpreters.rts_real`). The recipe
 itself (losses, augmentation, the two phases) is :mod:`adv2core.interpreters.rts_fit`; the
 :class:`~adv2core.interpreters.rts.RTS` interpreter only wraps a ready masking model.
 """
@@ -29,6 +31,39 @@ from adv2core.paths import cache_dir
 # ------------------------------------------------------------------------------------------------
 # Caching per classifier
 # ------------------------------------------------------------------------------------------------
+def _embedded(name: str) -> bool:
+    from adv2core.models.registry import EMBEDDED_MODELS
+
+    return name in EMBEDDED_MODELS
+
+
+def _load_or_train_real(model: Classifier, rts_cfg: RTSConfig, *, train_if_missing: bool,
+                        progress: bool) -> tuple[MaskingModel, Path]:
+    """A real classifier's masker from the photo-pool cache (:mod:`adv2core.interpreters.rts_real`)."""
+    from adv2core.interpreters.rts_real import REAL_POOL, real_checkpoint_path, real_pool, train_rts_real
+
+    if model.name not in _real_names():
+        raise CheckpointError(
+            f"RTS for {model.name} needs a masking-model checkpoint (checkpoint=PATH); only the embedded models "
+            f"and the packaged real ones ({', '.join(_real_names())}) are trained locally")
+    content = real_pool(model.input_size)[3]
+    path = real_checkpoint_path(model.name, model, rts_cfg, content)
+    if path.is_file():
+        return load_cached_masker(path, model, rts_cfg)[0], path
+    if not train_if_missing:
+        raise CheckpointError(
+            f"no trained RTS masking model for {model.name} on {REAL_POOL} with these settings (expected {path}); "
+            f"run `adv2 train-rts --model {model.name} --preset real`")
+    masker, metrics = train_rts_real(model.name, model, rts_cfg, progress)
+    return masker, Path(metrics["checkpoint"])
+
+
+def _real_names() -> tuple[str, ...]:
+    """Real classifiers whose masker trains on the photo pool: the ImageNet-1k models whose weights ship
+    in packages (``packaged`` in :mod:`adv2core.models.registry`)."""
+    return ("efficientnet-lite0", "squeezenet1_1")
+
+
 def classifier_fingerprint(model: Classifier) -> str:
     """sha256 over the classifier's weights: ties a masking model to the exact black box it learned from."""
     h = hashlib.sha256(model.name.encode())
@@ -125,6 +160,7 @@ def train_rts(
     encoder_model: Classifier | None = None,
 ) -> tuple[MaskingModel, dict[str, Any]]:
     """Train (or reuse the cached) masking model for an embedded classifier; returns (masker, metrics).
+    A packaged real classifier trains on the photo pool instead (:func:`~adv2core.interpreters.rts_real.train_rts_real`).
 
     ``encoder_model``: the companion encoder of a DenseNet (default: the cached embedded one for this
     data, trained first if missing). Metrics include the training time and the localisation score on the
@@ -135,6 +171,10 @@ def train_rts(
 
     if rts_cfg is None:
         raise ConfigError("train_rts needs the RTS settings (e.g. interpreter_spec('rts', preset).config)")
+    if not _embedded(classifier_name):  # a real classifier: the photo pool (adv2core.interpreters.rts_real)
+        from adv2core.interpreters.rts_real import train_rts_real
+
+        return train_rts_real(classifier_name, classifier, rts_cfg, progress, force=force)
     data_cfg = _data_cfg(data_cfg)
     if encoder_model is None:
         encoder_model = resolve_encoder_model(classifier_name, classifier, data_cfg, rts_cfg, train_if_missing=True)
@@ -182,11 +222,8 @@ def load_or_train_masker(
         masker = build_masker(model, rts_cfg, encoder_model)
         load_masker_state(masker, load_state_dict_file(Path(checkpoint)), str(checkpoint))
         return masker, Path(checkpoint)
-    if not model.name.endswith("-mini"):
-        raise CheckpointError(
-            f"RTS for {model.name} needs a masking-model checkpoint (checkpoint=PATH); only the embedded "
-            "models are trained locally"
-        )
+    if not _embedded(model.name):
+        return _load_or_train_real(model, rts_cfg, train_if_missing=train_if_missing, progress=progress)
     if encoder_model is None:
         encoder_model = resolve_encoder_model(model.name, model, data_cfg, rts_cfg, train_if_missing=train_if_missing)
     path = rts_checkpoint_path(model.name, model, data_cfg, rts_cfg, encoder_model)

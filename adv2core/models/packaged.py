@@ -74,6 +74,13 @@ class _EfficientNetFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x)
 
+    def sequential_layers(self) -> list[nn.Module]:
+        """``extract_features`` as a chain (stem conv, BN, act; the MBConv blocks; head conv, BN, act):
+        the RTS encoder taps its stage outputs (112/56/28/14/7 at 224). Equal to :meth:`forward` in eval
+        mode, where the blocks' drop-connect is off; the RTS encoder is always in eval mode."""
+        n = self.net
+        return [n._conv_stem, n._bn0, n._swish, *n._blocks, n._conv_head, n._bn1, n._swish]
+
 
 def efficientnet_lite0(weights: str | Path | None = "imagenet") -> Classifier:
     lib = _import("efficientnet_lite_pytorch", EFFNET_INSTALL)
