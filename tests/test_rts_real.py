@@ -90,7 +90,8 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("stop_at", [(1, 4), (2, 3)])
+# killed in phase 1 in `make test`; the phase-2 case (~19 s) runs with the heavy tests
+@pytest.mark.parametrize("stop_at", [(1, 4), pytest.param((2, 3), marks=pytest.mark.heavy)])
 def test_interrupted_training_resumes_to_the_same_weights(trained_resnet, small_data_cfg, tmp_path, stop_at):
     """Killed in phase 1 or phase 2, a second fit_rts with the same resume file continues from the last
     saved state and ends with the weights of an uninterrupted run; the file is gone afterwards."""
