@@ -107,13 +107,14 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def train_rts(
         model: str = typer.Option(..., help="Classifier whose RTS masking model to train."),
-        preset: str = typer.Option("quick", help="Interpreter preset (adv2core/configs/interpreters/<preset>.yaml)."),
+        preset: str | None = typer.Option(None, help="Interpreter preset (adv2core/configs/interpreters/<preset>.yaml); "
+                                          "default: quick for the embedded models, real for the others."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Train (or reuse) the RTS masking model for a classifier."""
         from adv2cli.explain import train_rts_for
 
-        out = train_rts_for(model, preset)
+        out = train_rts_for(model, preset or ("quick" if model in EMBEDDED else "real"))
         if json_out:
             emit_json(out)
         else:
