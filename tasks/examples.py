@@ -35,13 +35,9 @@ class MissingExamples(Adv2Error):
 @lru_cache(maxsize=None)
 def interpreter_free(attack: str) -> bool:
     """True for attacks that never look at an interpreter (their examples are shared by all of them)."""
-    from adv2core.attacks.registry import attack_class
-    from adv2core.errors import ConfigError
+    from adv2core.attacks.registry import interpreter_free as free
 
-    try:
-        return not attack_class(attack).uses_interpreter
-    except ConfigError:  # an ADV^2 variant: its class depends on the interpreter
-        return False
+    return free(attack)
 
 
 def examples_unit(rc: ResolvedConfig, model: str, attack: str, shard: int) -> ShardUnit:

@@ -126,7 +126,7 @@ def write_transfer(store: ResultStore, rows: list[dict], config_hash: str, model
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> dict:
     """Store with run-a (cfg A: 2 models x 2 interpreters x PGD/ADV², transfer), run-b (cfg B, later,
-    no localisation, no transfer) and run-empty (no rows). Returns the rows written, by cell."""
+    no localisation, PGD only, cross-evaluated from two sources) and run-empty (no rows). Returns the rows written, by cell."""
     root = tmp_path_factory.mktemp("store") / "results"
     store = ResultStore(root)
     rng = np.random.default_rng(1234)
@@ -160,9 +160,21 @@ def synthetic(tmp_path_factory) -> dict:
     transfer[("densenet-mini", "adv2", "grad", "cam")] = t
     write_transfer(store, t, CFG_A, "densenet-mini", "adv2", "grad")
 
+    # PGD needs no interpreter: the pipeline cross-evaluates the same examples from every source, so the
+    # transfer rows of the two sources are identical (run-a: shown only as ADV²'s reference row)
+    for ref_cfg in (CFG_A,):
+        pgd = [dict(r, interpreter="grad") for r in cells[(ref_cfg, "resnet-mini", "grad", "pgd")]]
+        t = transfer_rows(pgd, "cam", rng)
+        for source in ("grad", "cam"):
+            write_transfer(store, [dict(r, source_interpreter=source) for r in t], ref_cfg, "resnet-mini", "pgd", source)
+
     rows = make_cell(rng, "resnet-mini", "grad", "pgd", CFG_B, "run-b", with_loc=False)
     cells[(CFG_B, "resnet-mini", "grad", "pgd")] = rows
     write_cell(store, rows, CFG_B, "resnet-mini", "grad", "pgd")
+    t = transfer_rows(rows, "grad", rng, diagonal_from=rows)  # run-b: PGD alone, cross-evaluated from 2 sources
+    transfer[("resnet-mini", "pgd", "none", "grad")] = t
+    for source in ("grad", "cam"):
+        write_transfer(store, [dict(r, source_interpreter=source) for r in t], CFG_B, "resnet-mini", "pgd", source)
 
     store.write_run(run_row("run-a", CFG_A, 0))
     store.write_run(run_row("run-empty", CFG_EMPTY, 5))
@@ -304,6 +316,24 @@ def test_transfer_matrix(synthetic, report_a):
     assert blocks[2].header[:3] == ["Source \\ eval", "Grad", "CAM"]
 
 
+def test_interpreter_free_attack_is_one_transfer_row(synthetic, report_a, tmp_path):
+    """PGD's examples do not depend on an interpreter: its cross-evaluation from several sources is one row
+    ("PGD (no interpreter)", source 'none'), and no block of its own where it is ADV²'s reference row."""
+    rows = read_csv(report_a.tables["transfer"].files["csv"])
+    assert not [r for r in rows if r["attack"] == "pgd"]  # run-a: only ADV²'s "PGD (ref.)" row shows it
+    assert [r.caption for r in report_a.tables["transfer"].blocks if "PGD" in r.caption] == []
+    res = build_report(synthetic["root"], "run-b", tmp_path / "b", make_plots=False)
+    block = res.tables["transfer"].blocks[0]
+    assert block.caption == "resnet-mini / PGD: L1"
+    assert [r[0] for r in block.rows] == ["PGD (no interpreter)"] and block.header == ["Source \\ eval", "Grad", "n succ."]
+    recs = [r for r in read_csv(res.tables["transfer"].files["csv"]) if r["kind"] == "attack"]
+    assert {(r["source"], r["eval_interpreter"]) for r in recs} == {("none", "grad")}
+    succ = [r for r in synthetic["transfer"][("resnet-mini", "pgd", "none", "grad")] if r["success"]]
+    l1 = [r for r in recs][0]
+    assert int(l1["n_success"]) == len(succ)
+    assert num(l1["l1_mean"]) == pytest.approx(f32([r["l1"] for r in succ]).mean(), rel=1e-9)
+
+
 # ---------------------------------------------------------------------------- table 5
 def test_localisation_table(synthetic, report_a):
     t5 = by_cell(read_csv(report_a.tables["localisation"].files["csv"]))
@@ -357,7 +387,8 @@ def test_latest_is_the_most_recent_run_and_only_its_config(synthetic, tmp_path):
     assert float(t1[0]["success_rate"]) == pytest.approx(len(successful(rows)) / len(rows))
     assert "localisation" not in res.tables and not (tmp_path / "b" / "table5_localisation.csv").exists()
     assert any("localisation" in s for s in res.skipped)
-    assert res.tables["transfer"].empty
+    # run-b's only transfer rows are PGD's (one row per block, see test_interpreter_free_attack_is_one_transfer_row)
+    assert [b.caption for b in res.tables["transfer"].blocks] == ["resnet-mini / PGD: L1", "resnet-mini / PGD: IoU (mean over k)"]
 
 
 def test_unknown_run_id_is_a_one_line_error(synthetic, tmp_path):

@@ -58,6 +58,15 @@ def attack_class(name: str, interpreter_name: str | None = None) -> type[Attack]
     raise ConfigError(f"unknown attack {name!r}; choose one of: {', '.join(ATTACK_NAMES)}")
 
 
+def interpreter_free(name: str) -> bool:
+    """True for attacks that never look at an interpreter (PGD, StAdv): their examples are shared by every
+    interpreter of a run; False for the ADV^2 variants and for unknown names."""
+    try:
+        return not attack_class(name).uses_interpreter
+    except ConfigError:  # an ADV^2 variant: its class depends on the interpreter
+        return False
+
+
 def attack_config(name: str, interpreter_name: str | None, preset: AttacksConfig) -> BaseModel:
     """The section of a preset that configures (name, interpreter)."""
     attack_class(name, interpreter_name)  # validates the names

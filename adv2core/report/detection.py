@@ -19,9 +19,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from adv2core.attacks.registry import interpreter_free
 from adv2core.report.marks import Marks, strike
 from adv2core.report.rendering import (
     DASH,
+    NO_SOURCE,
     Block,
     ReportTable,
     attack_key,
@@ -102,6 +104,17 @@ def detection_table(con: Any, config_hash: str, run: dict[str, Any], marks: Mark
         if "calibration" not in g:
             continue
         benign = g.get("benign") or {"ids": [], "scores": []}
+        # an interpreter-free attack (PGD, StAdv) has the same examples and scores under every interpreter:
+        # one row, interpreter 'none'
+        seen_free: dict[str, tuple[str, str]] = {}
+        for attack, interp in sorted(g["adv"], key=lambda c: (attack_key(c[0]), interpreter_key(c[1]))):
+            if interpreter_free(attack):
+                seen_free.setdefault(attack, (attack, interp))
+        for attack, first in seen_free.items():
+            for key in [c for c in g["adv"] if c[0] == attack]:
+                row = g["adv"].pop(key)
+                if key == first:
+                    g["adv"][(attack, NO_SOURCE)] = row
         cells = set(g["adv"]) or {(DASH, DASH)}
         for attack, interp in sorted(cells, key=lambda c: (attack_key(c[0]), interpreter_key(c[1]))):
             records.append(_record(model, det, variant, attack, interp, g["fpr"], g["calibration"], benign,
@@ -142,6 +155,18 @@ def _groups(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[tuple[st
     return models, dets
 
 
+def _legend_or_blank(ax: Any, **kw: Any) -> None:
+    """A legend; a panel with nothing drawn (e.g. a detector variant chosen for another model) is blanked."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, **kw)
+    else:
+        title = ax.get_title()
+        ax.cla()
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=8)
+        ax.text(0.5, 0.5, "no rows", ha="center", va="center", fontsize=7, color="0.5")
+
+
 def roc_curves(records: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """Panels model x detector; a ROC curve per attacked interpreter (colour) x attack (line style)."""
     from adv2core.report.plots import _LINESTYLES, _pyplot, _save
@@ -169,7 +194,7 @@ def roc_curves(records: Sequence[dict[str, Any]], path: Path) -> Path | None:
             ax.set_title(f"{model}: {detector_label(det, variant)}", fontsize=8)
             ax.set_xlabel("FPR (evaluated benign)", fontsize=7)
             ax.set_ylabel("TPR (successful adversarial)", fontsize=7)
-            ax.legend(fontsize=6, loc="lower right")
+            _legend_or_blank(ax, loc="lower right")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -213,7 +238,7 @@ def detection_bars(records: Sequence[dict[str, Any]], path: Path) -> Path | None
             ax.set_ylim(0, 105)
             ax.set_ylabel("detected (%)", fontsize=7)
             ax.set_title(f"{model}: {detector_label(det, variant)}", fontsize=8)
-            ax.legend(fontsize=6)
+            _legend_or_blank(ax)
     fig.suptitle("Detection rate at the calibrated threshold (dashed: target FPR), Wilson 95 % CI", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)

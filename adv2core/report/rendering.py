@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 # ----------------------------------------------------------------------------- names and ordering
-ATTACK_ORDER = ("pgd", "adv2", "stadv", "stadv-adv2")
-INTERPRETER_ORDER = ("grad", "cam", "rts", "mask")
-ATTACK_NAMES = {"pgd": "PGD", "adv2": "ADV²", "stadv": "StAdv", "stadv-adv2": "StAdv-ADV²"}
-INTERPRETER_NAMES = {"grad": "Grad", "cam": "CAM", "rts": "RTS", "mask": "MASK"}
+ATTACK_ORDER = ("pgd", "adv2", "stadv", "stadv-adv2", "adv2-ens", "adv2-fs")
+INTERPRETER_ORDER = ("grad", "cam", "rts", "mask", "rts-aid")
+ATTACK_NAMES = {"pgd": "PGD", "adv2": "ADV²", "stadv": "StAdv", "stadv-adv2": "StAdv-ADV²",
+                "adv2-ens": "ADV²-Ens", "adv2-fs": "ADV²-FS"}
+INTERPRETER_NAMES = {"grad": "Grad", "cam": "CAM", "rts": "RTS", "mask": "MASK", "rts-aid": "RTS-AID"}
 
 DASH = "–"  # an empty cell (no row, or no successful sample)
+#: The interpreter of an interpreter-free attack's rows (PGD, StAdv: no interpreter shaped their examples).
+NO_SOURCE = "none"
 
 
 def _order(order: Sequence[str]) -> Callable[[str], tuple[int, str]]:
@@ -37,7 +40,7 @@ def attack_name(a: str) -> str:
 
 
 def interpreter_name(i: str) -> str:
-    return INTERPRETER_NAMES.get(i, i)
+    return DASH if i == NO_SOURCE else INTERPRETER_NAMES.get(i, i)
 
 
 # ----------------------------------------------------------------------------- number formatting

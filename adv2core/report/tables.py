@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from adv2core.attacks.registry import interpreter_free
 from adv2core.metrics.stats import bootstrap_ci
 from adv2core.report.cells import (
     _CELL_KEYS,
@@ -36,6 +37,7 @@ from adv2core.report.cells import (
 )
 from adv2core.report.rendering import (
     DASH,
+    NO_SOURCE,
     Block,
     ReportTable,
     attack_key,
@@ -193,12 +195,24 @@ def transfer_table(con: Any, config_hash: str) -> ReportTable:
     for r in trows:
         groups.setdefault((r["model"], r["attack"]), {})[(r["source_interpreter"], r["eval_interpreter"])] = r
 
+    referenced: dict[str, set[str]] = {}  # model -> interpreter-free attacks shown as another block's reference
+    for (model, attack) in groups:
+        if not interpreter_free(attack):
+            referenced.setdefault(model, set()).update(
+                r for r in REFERENCE_ATTACKS.get(attack, DEFAULT_REFERENCES)
+                if any(m == model and a == r for m, _, a in samples))
     records: list[dict[str, Any]] = []
     blocks: list[Block] = []
     for (model, attack) in sorted(groups, key=lambda g: (g[0], attack_key(g[1]))):
         entries = groups[(model, attack)]
         sources = sorted({s for s, _ in entries}, key=interpreter_key)
+        if interpreter_free(attack):  # one set of examples whatever the source: one row, not one per interpreter
+            if attack in referenced.get(model, ()):
+                continue  # already the reference row of another attack's block
+            entries = {(NO_SOURCE, j): r for (i, j), r in entries.items() if i == sources[0]}
+            sources = []
         evals = sorted({e for _, e in entries} | set(sources), key=interpreter_key)
+        sources = sources or [NO_SOURCE]
         matrix: list[dict[str, Any]] = []
         for ref in REFERENCE_ATTACKS.get(attack, DEFAULT_REFERENCES):
             if ref == attack or not any((model, j, ref) in samples for j in evals):
@@ -227,7 +241,8 @@ def transfer_table(con: Any, config_hash: str) -> ReportTable:
             header = ["Source \\ eval"] + [interpreter_name(j) for j in evals] + ["n succ."]
             rows = []
             for kind, src in row_keys:
-                name = f"{attack_name(src)} (ref.)" if kind == "reference" else interpreter_name(src)
+                name = (f"{attack_name(src)} (ref.)" if kind == "reference" else
+                        f"{attack_name(attack)} (no interpreter)" if src == NO_SOURCE else interpreter_name(src))
                 cells = []
                 for j in evals:
                     rec = by.get((src, j))
@@ -240,7 +255,8 @@ def transfer_table(con: Any, config_hash: str) -> ReportTable:
     return ReportTable(
         key="transfer",
         title="Transferability across interpreters",
-        note="Rows: the interpreter the example was attacked under (reference rows: interpreter-free attacks); "
+        note="Rows: the interpreter the example was attacked under (reference rows, and the one row of an "
+             "interpreter-free attack's own block: PGD / StAdv, whose examples no interpreter shaped); "
              "columns: the interpreter whose map is compared with its benign map; mean over images successful "
              "under the row's attack, bootstrap 95 % CI; n succ. = those images (per column, '/'-joined, where "
              "they differ). The diagonal is the white-box attack.",
