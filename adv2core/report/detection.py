@@ -234,7 +234,7 @@ def detection_bars(records: Sequence[dict[str, Any]], path: Path) -> Path | None
                         bar.set_alpha(0.35)
             fpr = recs[0]["target_fpr"]
             ax.axhline(100 * fpr, color="0.4", ls="--", lw=0.8)
-            ax.set_xticks(x, [interpreter_name(it) for it in interps], fontsize=7)
+            ax.set_xticks(x, ["no interp." if it == NO_SOURCE else interpreter_name(it) for it in interps], fontsize=7)
             ax.set_ylim(0, 105)
             ax.set_ylabel("detected (%)", fontsize=7)
             ax.set_title(f"{model}: {detector_label(det, variant)}", fontsize=8)
