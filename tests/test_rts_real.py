@@ -136,8 +136,9 @@ def test_real_model_without_trained_masker_names_the_command(real_data_root, mon
 
 
 def test_class_blind_masker_fails_the_real_quality_bar():
-    """With the selector gate shut for every class (the first measured squeezenet1_1 masker: identical
-    maps for true and wrong classes) the bar fails, whatever float noise says about the deletion drops."""
+    """A class-blind masker (here the selector gate shut for every class; the first measured squeezenet1_1
+    masker was class-blind because its decoder ignored the gated flow, see test_squeezenet_mask_depends_on_the_requested_class) fails the bar,
+    whatever float noise says about the deletion drops (that one had 0.35037 vs 0.35035)."""
     from adv2core.interpreters.rts_real import real_quality
 
     torch.manual_seed(0)
@@ -151,3 +152,25 @@ def test_class_blind_masker_fails_the_real_quality_bar():
     q = real_quality("squeezenet1_1", rts, x, y, ["a", "b", "c"], RTSConfig())
     assert q["quality_images"] == 3 and q["sel_map_diff"] < 1e-6
     assert not q["quality_passed"]
+
+
+def test_squeezenet_mask_depends_on_the_requested_class():
+    """The class reaches the mask only through the selector gate on the deepest features, so the decoder
+    must not drown that flow in the skips. SqueezeNet's skips are raw ReLU outputs at the 0-255 input scale
+    (rms ~130 with random weights, ~50 with the Keras port's) against ~0.5 for the upsampled flow after its
+    BN: without ``skip_norm`` the mask moved by ~3e-6 between an open and a shut gate (the class-blind
+    first squeezenet1_1 masker). Checked at initialisation in training mode, as phase 2 trains it."""
+    from adv2core.interpreters.config import load_interpreter_config
+
+    torch.manual_seed(0)
+    model = _squeezenet().eval().requires_grad_(False)
+    cfg = load_interpreter_config("real")["rts"]  # the real preset's recipe
+    masker = build_masker(model, cfg).train()
+    with torch.no_grad():
+        feats = masker.encoder(torch.rand(4, 3, 224, 224))
+        assert feats[0].pow(2).mean().sqrt() > 20  # the un-normalised skips this test is about
+        masker.selector.weight[1] = 1.0  # act = sum of the (ReLU, >= 0) class maps: gate open at confidence 6
+        masker.selector.weight[2] = -1.0  # gate shut: no deepest features reach the decoder
+        gate_open = masker.decode(feats, torch.full((4,), 1), cfg.model_confidence)[0]
+        gate_shut = masker.decode(feats, torch.full((4,), 2), cfg.model_confidence)[0]
+    assert float((gate_open - gate_shut).abs().mean()) > 1e-3

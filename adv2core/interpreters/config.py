@@ -98,6 +98,11 @@ class RTSConfig(BaseModel):
     upsample: Literal["pixel_shuffle", "bilinear"] = Field(
         "pixel_shuffle", description="U-Net x2 upsampling: pytorch-saliency's pixel shuffle, or bilinear + conv"
     )
+    skip_norm: bool = Field(
+        False,
+        description="BatchNorm on each encoder skip before the U-Net fuses it; needed where the skips are not "
+        "normalised features (SqueezeNet 1.1: without it the mask ignores the class-gated flow, class-blind)",
+    )
     mask_eps: float = Field(1e-8, ge=0, description="mask = |a| / (|a| + |b| + eps)")
     model_confidence: float = Field(6.0, description="selector gate offset at inference (attack and benign maps)")
 
@@ -164,7 +169,10 @@ class RTSConfig(BaseModel):
 
     def training_key(self) -> dict[str, Any]:
         """The fields that determine the trained weights (cache key); inference-only ones dropped."""
-        return self.model_dump(exclude={"model_confidence"})
+        key = self.model_dump(exclude={"model_confidence"})
+        if not self.skip_norm:  # added later: off, the key (and the cached maskers) stay as before
+            key.pop("skip_norm")
+        return key
 
 
 class AIDConfig(BaseModel):

@@ -23,7 +23,12 @@ Architecture (our own implementation of the pytorch-saliency design):
 * **U-Net upsampler**: per stage conv3x3 -> BN -> ReLU -> pixel shuffle (x2) (or ``upsample='bilinear'``:
   bilinear x2 -> conv3x3 -> BN -> ReLU), resized to the skip's exact size when the pyramid is not an
   exact x2 one (SqueezeNet 1.1: 13 -> 27 -> 55), concatenated with the encoder skip at that resolution,
-  then a bottleneck residual block; channels ``decoder_base * 2^j`` for stage j (0 = finest). The mask is
+  then a bottleneck residual block; channels ``decoder_base * 2^j`` for stage j (0 = finest). With
+  ``skip_norm`` each encoder skip passes a BatchNorm first: SqueezeNet's skips are un-normalised ReLU
+  outputs (rms about 50, max about 950 on the photos, from the Keras port's 0-255 input scale) against an
+  upsampled flow of rms about 0.5 after its BN, so without it the fuse convolution sees the skip about
+  200x more strongly, the mask does not depend on the class-gated deepest features (measured change
+  3e-6 when they are zeroed) and the masker is class-blind. The mask is
   resized (bilinear) to input/4 when the finest skip is not there (55 -> 56 for SqueezeNet at 224).
   Encoders with an exact x2 pyramid (ResNets, EfficientNet-Lite0, the embedded models) never resize.
 * **head**: 1x1 conv to two channels (a, b); mask = |a| / (|a| + |b| + eps) in [0,1].
@@ -185,8 +190,10 @@ class _UpStage(nn.Module):
     """x2 upsampling (pixel shuffle as pytorch-saliency, or bilinear + conv, which has no checkerboard
     artefacts), then fuse with the encoder skip of that resolution."""
 
-    def __init__(self, cin: int, cskip: int, cout: int, mode: str = "pixel_shuffle") -> None:
+    def __init__(self, cin: int, cskip: int, cout: int, mode: str = "pixel_shuffle", skip_norm: bool = False) -> None:
         super().__init__()
+        # BatchNorm on an un-normalised skip (module docstring); Identity keeps the state dict of older maskers
+        self.skip_norm = nn.BatchNorm2d(cskip) if skip_norm else nn.Identity()
         if mode == "pixel_shuffle":
             self.up = nn.Sequential(
                 nn.Conv2d(cin, 4 * cout, 3, padding=1, bias=False), nn.BatchNorm2d(4 * cout), nn.ReLU(), nn.PixelShuffle(2)
@@ -202,7 +209,7 @@ class _UpStage(nn.Module):
         up = self.up(x)
         if up.shape[-2:] != skip.shape[-2:]:  # a pyramid that is not exactly x2 (SqueezeNet: 13 -> 27 -> 55)
             up = F.interpolate(up, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.fuse(torch.cat([up, skip], dim=1))
+        return self.fuse(torch.cat([up, self.skip_norm(skip)], dim=1))
 
 
 class MaskingModel(nn.Module):
@@ -210,7 +217,7 @@ class MaskingModel(nn.Module):
 
     def __init__(
         self, encoder: ClassifierEncoder, num_classes: int, decoder_base: int = 64, mask_eps: float = 1e-8,
-        upsample: str = "pixel_shuffle",
+        upsample: str = "pixel_shuffle", skip_norm: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -226,7 +233,7 @@ class MaskingModel(nn.Module):
         stages, cin = [], deep
         for j in reversed(range(n_stages)):  # coarse -> fine; stage j outputs decoder_base * 2^j
             cout = decoder_base * 2**j
-            stages.append(_UpStage(cin, chans[j], cout, upsample))
+            stages.append(_UpStage(cin, chans[j], cout, upsample, skip_norm))
             cin = cout
         self.stages = nn.ModuleList(stages)
         self.to_mask = nn.Conv2d(cin, 2, 1)
@@ -323,7 +330,8 @@ def build_masker(classifier: Classifier, cfg: RTSConfig, encoder_model: Classifi
     encoder, pretrained = build_encoder(classifier, cfg, encoder_model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        masker = MaskingModel(encoder, classifier.num_classes, cfg.decoder_base, cfg.mask_eps, cfg.upsample)
+        masker = MaskingModel(encoder, classifier.num_classes, cfg.decoder_base, cfg.mask_eps, cfg.upsample,
+                              cfg.skip_norm)
     masker.encoder_pretrained = pretrained
     return masker.to(classifier.mean.device)
 
