@@ -150,7 +150,8 @@ def train_rts_real(classifier_name: str, classifier: Classifier, rts_cfg: RTSCon
             f"p(true class) {metrics['sel_drop_true']:.3f} for the true-class map vs {metrics['sel_drop_wrong']:.3f} "
             f"for a wrong class (mean mask {metrics['sel_mask_true']:.3f} / {metrics['sel_mask_wrong']:.3f}, mean "
             f"|true - wrong map| {metrics['sel_map_diff']:.2g}, must exceed 1e-3); "
-            f"nothing was cached. Train longer (phase2_iterations in the rts section of the preset)")
+            f"nothing was cached. Try another seed or a different budget (the rts section of the preset: "
+            f"phase2_iterations, phase2_fake_prob; skip_norm for encoders with unnormalised features)")
     meta = {"classifier": classifier_name, "classifier_fingerprint": classifier_fingerprint(classifier),
             "encoder": classifier_name, "pool": REAL_POOL, "pool_content": content,
             "rts_config": rts_cfg.model_dump(),
