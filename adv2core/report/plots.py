@@ -84,7 +84,8 @@ def iou_curves(records: Sequence[dict[str, Any]], path: Path) -> Path | None:
         ax.set_xlabel("k (% of pixels)")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:  # a model with no successful image has no curve
+            ax.legend(fontsize=6, loc="lower right")
     axes[0][0].set_ylabel("IoU(adversarial, benign) top-k")
     fig.suptitle("IoU of top-k% map pixels vs k (mean over successful images)", fontsize=10)
     fig.tight_layout()
