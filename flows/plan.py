@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from adv2core.attacks.registry import interpreter_free
 from adv2core.config import ResolvedConfig
 from adv2core.errors import ConfigError
 from adv2core.store import ResultStore, ShardUnit
 from flows.defences import DefencePlan, plan_defences
 from tasks.benign import benign_unit, benign_units
-from tasks.examples import examples_unit, examples_units, interpreter_free
+from tasks.examples import examples_unit, examples_units
 from tasks.transfer import transfer_units
 
 __all__ = ["Plan", "make_plan"]

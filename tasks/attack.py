@@ -52,11 +52,10 @@ def run_attack_shard(payload: dict[str, Any], run: dict[str, Any], model: str, i
     it stale: its stored images differ from the shard's current ones).
     """
     from tasks.benign import StoredBenign, benign_unit
-    from tasks.examples import evaluate_examples_shard, interpreter_free
+    from adv2core.attacks.registry import interpreter_free
+    from tasks.examples import evaluate_examples_shard
 
-    rc = ResolvedConfig.from_payload(payload)
-    worker.setup_worker(rc)
-    worker.set_torch_threads(rc.bench.pipeline.torch_threads)
+    rc = worker.start_task(payload)
     examples = interpreter == NO_INTERPRETER
     unit = ShardUnit(rc.config_hash, "examples" if examples else "attack", model, interpreter, attack, shard,
                      rc.num_shards)

@@ -59,9 +59,7 @@ def run_benign_shard(payload: dict[str, Any], run: dict[str, Any], model: str, i
     from adv2core.bench.cell import select_population
     from adv2core.metrics import localization_iou
 
-    rc = ResolvedConfig.from_payload(payload)
-    worker.setup_worker(rc)
-    worker.set_torch_threads(rc.bench.pipeline.torch_threads)
+    rc = worker.start_task(payload)
     unit = benign_unit(rc, model, interpreter, shard)
     store = ResultStore(rc.results_root)
     if not force and store.is_complete(unit):

@@ -51,9 +51,7 @@ def run_defence_unit(payload: dict[str, Any], run: dict[str, Any], model: str, d
     from adv2core.bench.cell import select_population
     from adv2core.defences import stage
 
-    rc = ResolvedConfig.from_payload(payload)
-    worker.setup_worker(rc)
-    worker.set_torch_threads(rc.bench.pipeline.torch_threads)
+    rc = worker.start_task(payload)
     unit = next(u for u in defence_units(rc) if u.model == model and u.interpreter == detector)
     store = ResultStore(rc.results_root)
     if not force and store.is_complete(unit):

@@ -12,13 +12,13 @@ stage (cross-evaluation, defences, reports) see the same unit they always did.
 from __future__ import annotations
 
 import time
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from adv2core.attacks.registry import interpreter_free
 from adv2core.config import ResolvedConfig
 from adv2core.errors import Adv2Error
 from adv2core.store import ResultStore, ShardUnit, table_from_rows
@@ -32,12 +32,6 @@ class MissingExamples(Adv2Error):
     """The examples unit an evaluation needs is not complete (it failed or was interrupted)."""
 
 
-@lru_cache(maxsize=None)
-def interpreter_free(attack: str) -> bool:
-    """True for attacks that never look at an interpreter (their examples are shared by all of them)."""
-    from adv2core.attacks.registry import interpreter_free as free
-
-    return free(attack)
 
 
 def examples_unit(rc: ResolvedConfig, model: str, attack: str, shard: int) -> ShardUnit:

@@ -48,9 +48,7 @@ def _cross_evaluate_fn():
 def run_transfer_shard(payload: dict[str, Any], run: dict[str, Any], model: str, shard: int,
                        force: bool = False) -> dict[str, Any]:
     """Body of the transfer task: writes every missing transfer unit of (model, shard) (all if ``force``)."""
-    rc = ResolvedConfig.from_payload(payload)
-    worker.setup_worker(rc)
-    worker.set_torch_threads(rc.bench.pipeline.torch_threads)
+    rc = worker.start_task(payload)
     store = ResultStore(rc.results_root)
     units = [u for u in transfer_units(rc, model, shard) if force or not store.is_complete(u)]
     first = ShardUnit(rc.config_hash, "transfer", model, "all", "all", shard, rc.num_shards)

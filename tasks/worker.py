@@ -32,6 +32,15 @@ MAX_MODELS_PER_THREAD = int(os.environ.get("ADV2_WORKER_MAX_MODELS", "2"))
 TRAIN_LOCK = threading.RLock()
 
 
+def start_task(payload: dict[str, Any]) -> ResolvedConfig:
+    """The prologue of every stage task inside its worker: the run config from its payload, the worker's
+    process set-up, and the run's torch thread count."""
+    rc = ResolvedConfig.from_payload(payload)
+    setup_worker(rc)
+    set_torch_threads(rc.bench.pipeline.torch_threads)
+    return rc
+
+
 def setup_worker(rc: ResolvedConfig) -> None:
     """Point this process at the run's data root (Dask workers may start with another one)."""
     if os.environ.get("ADV2_DATA") != rc.data_root:

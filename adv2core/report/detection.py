@@ -105,17 +105,12 @@ def detection_table(con: Any, config_hash: str, run: dict[str, Any], marks: Mark
             continue
         benign = g.get("benign") or {"ids": [], "scores": []}
         # an interpreter-free attack (PGD, StAdv) has the same examples and scores under every interpreter:
-        # one row, interpreter 'none'
-        seen_free: dict[str, tuple[str, str]] = {}
-        for attack, interp in sorted(g["adv"], key=lambda c: (attack_key(c[0]), interpreter_key(c[1]))):
-            if interpreter_free(attack):
-                seen_free.setdefault(attack, (attack, interp))
-        for attack, first in seen_free.items():
-            for key in [c for c in g["adv"] if c[0] == attack]:
-                row = g["adv"].pop(key)
-                if key == first:
-                    g["adv"][(attack, NO_SOURCE)] = row
-        cells = set(g["adv"]) or {(DASH, DASH)}
+        # one row, interpreter 'none' (the first interpreter's rows)
+        adv: dict[tuple[str, str], dict[str, Any]] = {}
+        for (attack, interp), row in sorted(g["adv"].items(), key=lambda kv: (attack_key(kv[0][0]), interpreter_key(kv[0][1]))):
+            adv.setdefault((attack, NO_SOURCE) if interpreter_free(attack) else (attack, interp), row)
+        g["adv"] = adv
+        cells = set(adv) or {(DASH, DASH)}
         for attack, interp in sorted(cells, key=lambda c: (attack_key(c[0]), interpreter_key(c[1]))):
             records.append(_record(model, det, variant, attack, interp, g["fpr"], g["calibration"], benign,
                                    g["adv"].get((attack, interp))))

@@ -195,12 +195,12 @@ def transfer_table(con: Any, config_hash: str) -> ReportTable:
     for r in trows:
         groups.setdefault((r["model"], r["attack"]), {})[(r["source_interpreter"], r["eval_interpreter"])] = r
 
+    in_samples = {(m, a) for m, _, a in samples}
     referenced: dict[str, set[str]] = {}  # model -> interpreter-free attacks shown as another block's reference
     for (model, attack) in groups:
         if not interpreter_free(attack):
             referenced.setdefault(model, set()).update(
-                r for r in REFERENCE_ATTACKS.get(attack, DEFAULT_REFERENCES)
-                if any(m == model and a == r for m, _, a in samples))
+                r for r in REFERENCE_ATTACKS.get(attack, DEFAULT_REFERENCES) if (model, r) in in_samples)
     records: list[dict[str, Any]] = []
     blocks: list[Block] = []
     for (model, attack) in sorted(groups, key=lambda g: (g[0], attack_key(g[1]))):
