@@ -4,8 +4,9 @@ With ``skip`` the preflight stage records a refused interpreter in the run's ``r
 ``status: refused`` with its one-line reason (:func:`adv2core.gates.refusal`), and the flow runs none of
 its cells for that model, so the store has no rows for them. The report says so instead of leaving a gap:
 
-* every table's note lists "RTS on efficientnet-lite0: refused — <reason>" (``report.md`` repeats the
-  list in a section of its own);
+* every table's note names the refused cells ("RTS on efficientnet-lite0"); their one-line reasons
+  ("RTS on efficientnet-lite0: refused — <reason>") are in a section of ``report.md`` of their own
+  (a reason is a whole sentence with measured numbers: repeating it under every table buried them);
 * a table with a row per (model, interpreter) gets a row for the refused cell whose values read
   ``refused``;
 * rows an earlier run of the same config stored for a now refused cell are not shown as numbers either:
@@ -76,6 +77,7 @@ def apply_refusals(table: ReportTable, refusals: Refusals) -> ReportTable:
                 for n in range(1, len(row)):
                     if src_bad or n in bad_cols:
                         row[n] = REFUSED
-    table.note = (table.note + " Not run (gates.on_refused=skip; no numbers exist for these cells): "
-                  + "; ".join(refusal_lines(refusals)) + ".").strip()
+    cells = ", ".join(f"{interpreter_name(i)} on {m}" for m, i in sorted(refusals))
+    table.note = (table.note + f" Not run (refused at preparation, gates.on_refused=skip; no numbers exist for "
+                  f"these cells): {cells}; the reasons are under 'Refused interpreters' in report.md.").strip()
     return table
