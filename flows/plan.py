@@ -1,7 +1,10 @@
 """The plan of a run: every unit of its graph, and those still missing from the store for its config hash.
 
 Resumability lives in the data layer, not in Prefect caching (stack-notes 1.2): a unit with a complete
-manifest is skipped, unless its stored images no longer match the dataset (then it is forced).
+manifest is skipped, unless its stored images no longer match the dataset (then it is forced). A unit
+missing for this config hash whose *unit key* (:mod:`adv2core.config.unitkeys`: the hash of the config
+subset it depends on) matches a complete unit of another config is copied forward
+(:func:`adv2core.store.copy.copy_unit`) when a run plans, instead of being recomputed.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Plan:
     stale: int = 0  # complete units whose images no longer match the dataset (recomputed)
     forced: frozenset = frozenset()  # those units and (model, shard) groups: rewrite even though complete
     defence: DefencePlan = field(default_factory=DefencePlan)
+    copied: dict[str, int] = field(default_factory=dict)  # units copied forward from another config, by stage
 
     @property
     def total_tasks(self) -> int:
@@ -59,11 +63,15 @@ class Plan:
             "transfer_tasks": len(self.transfer_groups), "pending_transfer": len(self.pending_transfer),
             "num_images": self.num_images, "dataset_size": self.dataset_size, "stale": self.stale,
             "defence_units": len(self.defence.units), "pending_defence": len(self.defence.pending),
+            "copied": dict(self.copied),
         }
 
 
-def make_plan(rc: ResolvedConfig, store: ResultStore) -> Plan:
-    """All units of the run and the ones still missing for this config hash."""
+def make_plan(rc: ResolvedConfig, store: ResultStore, run_id: str | None = None) -> Plan:
+    """All units of the run and the ones still missing for this config hash.
+
+    With ``run_id`` (a run is starting) missing units are first copied forward where another config
+    stored the same unit key, under that run id; without it the plan only reads the store."""
     from tasks import worker
 
     worker.setup_worker(rc)
@@ -82,10 +90,21 @@ def make_plan(rc: ResolvedConfig, store: ResultStore) -> Plan:
         for m in b.models.names for i in b.interpreters.names for a in b.attacks.names for s in range(num_shards)
     ]
     complete = store.completed_units(rc.config_hash)
+    groups = [(m, s) for m in b.models.names for s in range(num_shards)] if rc.cross_eval_attacks else []
+    copied: dict[str, int] = {}
+    if run_id is not None:
+        everything = [*benign_units(rc), *examples_units(rc), *units,
+                      *(t for g in groups for t in transfer_units(rc, *g))]
+        if rc.bench.detectors:
+            from tasks.defences import defence_units
+
+            everything += defence_units(rc)
+        for u in copy_forward(rc, store, [u for u in everything if u not in complete], run_id):
+            complete.add(u)
+            copied[u.stage] = copied.get(u.stage, 0) + 1
     stale = _stale_units(rc, store, ds, complete)
     complete -= stale
     pending = [u for u in units if u not in complete]
-    groups = [(m, s) for m in b.models.names for s in range(num_shards)] if rc.cross_eval_attacks else []
     pending_groups = [g for g in groups if any(u not in complete for u in transfer_units(rc, *g))]
     forced = frozenset(stale) | frozenset((u.model, u.shard) for u in stale)
     ex_units = examples_units(rc)
@@ -98,7 +117,31 @@ def make_plan(rc: ResolvedConfig, store: ResultStore) -> Plan:
                 skipped_attack=len(units) - len(pending), skipped_transfer=len(groups) - len(pending_groups),
                 examples_units=ex_units, pending_examples=pending_ex, benign_units=ben_units,
                 pending_benign=pending_ben,
-                stale=len(stale), forced=forced, defence=plan_defences(rc, complete, stale))
+                stale=len(stale), forced=forced, defence=plan_defences(rc, complete, stale), copied=copied)
+
+
+def copy_forward(rc: ResolvedConfig, store: ResultStore, missing: list[ShardUnit], run_id: str) -> list[ShardUnit]:
+    """Copy each missing unit whose unit key a complete unit of another config holds; returns those copied.
+
+    A source that turns out incomplete, or a copy that fails, leaves its unit missing (it is computed)."""
+    from adv2core.config.unitkeys import unit_keys
+    from adv2core.store import StoreError
+    from adv2core.store.copy import copy_unit, keyed_units
+
+    if not missing:
+        return []
+    keys = unit_keys(rc, missing)
+    sources = keyed_units(store, set(keys.values()), rc.config_hash)
+    done = []
+    for u in missing:
+        for src in sources.get(keys[u], []):
+            try:
+                if copy_unit(store, src, u, run_id):
+                    done.append(u)
+                    break
+            except StoreError:
+                break
+    return done
 
 
 def _stale_units(rc: ResolvedConfig, store: ResultStore, ds: Any, complete: set[ShardUnit]) -> set[ShardUnit]:

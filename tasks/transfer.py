@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from adv2core.config import ResolvedConfig
+from adv2core.config.unitkeys import unit_keys
 from adv2core.errors import Adv2Error
 from adv2core.store import ResultStore, ShardUnit, table_from_rows
 from adv2core.store.arrays import read_arrays
@@ -63,6 +64,7 @@ def run_transfer_shard(payload: dict[str, Any], run: dict[str, Any], model: str,
     cross_evaluate = _cross_evaluate_fn()
     from adv2core.metrics import apply_int16_perturbation
 
+    keys = unit_keys(rc, units)
     written = 0
     rows_total = 0
     benign_cache: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}  # one benign map per (image set, j)
@@ -109,7 +111,8 @@ def run_transfer_shard(payload: dict[str, Any], run: dict[str, Any], model: str,
                 for r in out:
                     rows.append({**r, **base, "success": success.get(r["image_id"])})
         table = table_from_rows("transfer", rows)
-        store.write_shard(unit, {"transfer": table}, arrays, run_id=run["run_id"], seconds=time.perf_counter() - t0)
+        store.write_shard(unit, {"transfer": table}, arrays, run_id=run["run_id"], seconds=time.perf_counter() - t0,
+                          unit_key=keys[unit])
         written += 1
         rows_total += len(rows)
     return unit_summary(first, "done", units=written, rows=rows_total,

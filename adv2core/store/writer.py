@@ -113,11 +113,13 @@ class ResultStore:
         *,
         run_id: str | None = None,
         seconds: float | None = None,
+        unit_key: str | None = None,
     ) -> dict[str, Any]:
         """Write one unit's table (``samples``/``transfer``/``detections`` for stage attack/transfer/defence; an
         Arrow table or row dicts), its optional arrays, and finally its manifest row, which is returned.
 
-        ``run_id`` defaults to the single run id found in the rows. Raises StoreError (one line)
+        ``run_id`` defaults to the single run id found in the rows; ``unit_key`` (the unit's dependency key,
+        :mod:`adv2core.config.unitkeys`) goes into the manifest so a later config can copy it. Raises StoreError (one line)
         on a bad table or a failed write; ValueError-type problems in the rows become StoreError too.
         """
         want = unit.table
@@ -162,6 +164,7 @@ class ResultStore:
                 "files": json.dumps(files, sort_keys=True),
                 "seconds": None if seconds is None else float(seconds),
                 "completed_at": datetime.now(timezone.utc),
+                "unit_key": unit_key,
             }
             atomic_write_bytes(manifest, parquet_bytes(table_from_rows("shards", [row])))
         except StoreError:
