@@ -25,6 +25,11 @@ Two checks run before any attack (the flow's *preflight* stage, ``adv2 attack`` 
   A degenerate interpreter is refused (``on_degenerate: refuse``, the default) or, with ``mark``, its
   cells run and are stored as ``degenerate`` with the reason, and reports strike them out.
 
+What a refused interpreter does to a run is ``on_refused``: ``stop`` (the default) ends the run with the
+one-line :class:`GateError`; ``skip`` drops that (model, interpreter) only — its gate report becomes
+``status = 'refused'`` with the reason (:func:`refusal`), its cells are not run, the report lists it. A
+refused *model* (accuracy gate) always stops the run.
+
 This module is plain PyTorch (no prefect): the pipeline, the CLI and the tests call the same functions.
 """
 
@@ -60,6 +65,9 @@ class GatesConfig(BaseModel):
     max_constant_fraction: float = Field(0.25, ge=0, le=1, description="more near-constant maps than this: degenerate")
     loc_margin: float = Field(0.0, ge=0, description="true-class localisation must exceed the wrong-class one by this")
     on_degenerate: Literal["refuse", "mark"] = "refuse"
+    on_refused: Literal["stop", "skip"] = Field(
+        "stop", description="a refused interpreter (degenerate maps, an RTS masker below its quality bar) stops "
+                            "the run, or (skip) is dropped for that model only and reported as refused")
 
     def floor_for(self, model_name: str) -> float:
         if model_name in self.per_model_floor:
@@ -178,9 +186,18 @@ def preflight(model: Any, model_name: str, interpreters: dict[str, Any], batch: 
 
 def _interpreter_gates(interpreters: dict[str, Any], model_name: str, sub: Any, cfg: GatesConfig,
                        seed: int) -> dict[str, Any]:
-    """:func:`check_interpreter` of every interpreter on the same correctly classified images."""
-    return {name: check_interpreter(it, model_name, sub.images, sub.labels, sub.masks, cfg, ids=sub.ids, seed=seed)
-            for name, it in interpreters.items()}
+    """:func:`check_interpreter` of every interpreter on the same correctly classified images; with
+    ``on_refused=skip`` a refused one gets a :func:`refusal` report instead of stopping the others."""
+    out: dict[str, Any] = {}
+    for name, it in interpreters.items():
+        try:
+            out[name] = check_interpreter(it, model_name, sub.images, sub.labels, sub.masks, cfg, ids=sub.ids,
+                                          seed=seed)
+        except GateError as exc:
+            if cfg.on_refused != "skip":
+                raise
+            out[name] = refusal(model_name, name, exc)
+    return out
 
 
 def preflight_dataset(model: Any, model_name: str, interpreters: dict[str, Any], dataset: Any, cfg: GatesConfig, *,
@@ -211,6 +228,19 @@ def preflight_dataset(model: Any, model_name: str, interpreters: dict[str, Any],
                 None if any(k.masks is None for k in kept) else torch.cat([k.masks for k in kept]))
     report["interpreters"] = _interpreter_gates(interpreters, model_name, sub, cfg, seed)
     return report
+
+
+def refusal(model_name: str, interpreter: str, exc: BaseException) -> dict[str, Any]:
+    """The gate report of an interpreter refused under ``on_refused=skip`` (the error's one line)."""
+    from adv2core.errors import one_line
+
+    return {"model": model_name, "interpreter": interpreter, "status": "refused",
+            "reason": one_line(exc, typed=False)}
+
+
+def refused_cells(report: dict[str, Any]) -> dict[str, str]:
+    """``{interpreter: reason}`` of the interpreters a preflight report refused (``on_refused=skip``)."""
+    return {n: r["reason"] for n, r in (report.get("interpreters") or {}).items() if r.get("status") == "refused"}
 
 
 def marked_cells(report: dict[str, Any]) -> dict[str, str]:

@@ -6,7 +6,8 @@
   cross-evaluation task per (model, shard) — and drop those whose manifest row for this config hash
   already exists in the store. Resumability lives in the data layer, not in Prefect caching (stack-notes 1.2).
 * **prepare**: one task per model that trains/loads its checkpoint (and RTS masking model), so shard
-  tasks never race to train.
+  tasks never race to train, and runs the preflight gates. With ``gates.on_refused: skip`` an interpreter
+  refused there is dropped from the plan for that model only (:func:`flows.plan.drop_refused`).
 * **benign, examples, attack, cross-evaluation** (:mod:`flows.stages`): one task per pending unit,
   submitted with ``resources={"GPU": 1}`` on Dask as soon as what it reads is stored: benign maps and
   PGD/StAdv examples first, then the attack units (PGD/StAdv ones only measure the stored examples),
@@ -35,7 +36,7 @@ from flows.bookkeeping import LAST_SUMMARY, BenchmarkFailed, RunRecord, benchmar
 from flows.defences import run_defence_stage
 from flows.engines import InlineEngine, PrefectEngine
 from flows.execution import check_dask_cluster, execution_context, task_runner_for  # noqa: F401 - re-exported
-from flows.plan import Plan, make_plan  # noqa: F401 - Plan: re-exported
+from flows.plan import Plan, drop_refused, make_plan  # noqa: F401 - Plan: re-exported
 from flows.progress import Tracker
 from flows.stages import run_attack_graph
 from tasks import provenance
@@ -62,6 +63,7 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
         summary["plan"] = plan.to_dict()
 
         ready = _prepare_models(payload, plan, engine, tracker, record)
+        _skip_refused(rc, plan, record)
         tracker.start(plan.total_tasks, plan.done_tasks)  # after preparation, so rate and ETA are the shards'
 
         # examples, attack units and cross-evaluation, each submitted as soon as its inputs are stored
@@ -118,6 +120,22 @@ def _prepare_models(payload: dict[str, Any], plan: Plan, engine: Any, tracker: T
     record.summary["preflight"] = record.preflight
     record.write_running()
     return ready
+
+
+def _skip_refused(rc: ResolvedConfig, plan: Plan, record: RunRecord) -> None:
+    """With ``gates.on_refused=skip``: drop the work of the interpreters preparation refused, per model
+    (:func:`flows.plan.drop_refused`), and list them in the summary (the run row's preflight JSON already
+    holds each one's ``status: refused`` and reason)."""
+    from adv2core.gates import refused_cells
+
+    refused = {m: refused_cells(rep or {}) for m, rep in record.preflight["models"].items()}
+    refused = {m: r for m, r in refused.items() if r}
+    if not refused:
+        return
+    drop_refused(rc, plan, refused)
+    record.summary["plan"] = plan.to_dict()
+    record.summary["refused"] = [{"model": m, "interpreter": i, "reason": why}
+                                 for m, r in sorted(refused.items()) for i, why in sorted(r.items())]
 
 
 def _report(rc: ResolvedConfig, run: dict[str, Any], engine: Any, summary: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from tasks.benign import benign_unit, benign_units
 from tasks.examples import examples_unit, examples_units
 from tasks.transfer import transfer_units
 
-__all__ = ["Plan", "make_plan"]
+__all__ = ["Plan", "drop_refused", "make_plan"]
 
 
 @dataclass
@@ -44,6 +44,12 @@ class Plan:
     forced: frozenset = frozenset()  # those units and (model, shard) groups: rewrite even though complete
     defence: DefencePlan = field(default_factory=DefencePlan)
     copied: dict[str, int] = field(default_factory=dict)  # units copied forward from another config, by stage
+    complete: frozenset = frozenset()  # the units already stored for this config hash (stale ones excluded)
+    refused: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> {interpreter: reason} (skipped)
+
+    def skip_for(self, model: str) -> list[str]:
+        """The interpreters refused for ``model`` (``gates.on_refused=skip``): no task may use them."""
+        return sorted(self.refused.get(model, {}))
 
     @property
     def total_tasks(self) -> int:
@@ -64,6 +70,7 @@ class Plan:
             "num_images": self.num_images, "dataset_size": self.dataset_size, "stale": self.stale,
             "defence_units": len(self.defence.units), "pending_defence": len(self.defence.pending),
             "copied": dict(self.copied),
+            **({"refused": {m: sorted(r) for m, r in self.refused.items()}} if self.refused else {}),
         }
 
 
@@ -117,7 +124,8 @@ def make_plan(rc: ResolvedConfig, store: ResultStore, run_id: str | None = None)
                 skipped_attack=len(units) - len(pending), skipped_transfer=len(groups) - len(pending_groups),
                 examples_units=ex_units, pending_examples=pending_ex, benign_units=ben_units,
                 pending_benign=pending_ben,
-                stale=len(stale), forced=forced, defence=plan_defences(rc, complete, stale), copied=copied)
+                stale=len(stale), forced=forced, defence=plan_defences(rc, complete, stale), copied=copied,
+                complete=frozenset(complete))
 
 
 def copy_forward(rc: ResolvedConfig, store: ResultStore, missing: list[ShardUnit], run_id: str) -> list[ShardUnit]:
@@ -142,6 +150,39 @@ def copy_forward(rc: ResolvedConfig, store: ResultStore, missing: list[ShardUnit
             except StoreError:
                 break
     return done
+
+
+def drop_refused(rc: ResolvedConfig, plan: Plan, refused: dict[str, dict[str, str]]) -> None:
+    """Remove the work of interpreters refused at preparation (``gates.on_refused=skip``) from ``plan``.
+
+    Per model, its refused interpreters lose their benign and attack units (stored ones too: they are no
+    longer counted), examples units only they needed, and their transfer units (as sources; the transfer
+    task is told not to evaluate under them either, :meth:`Plan.skip_for`); the model's defence units are
+    dropped as well (they read every interpreter). A (model, shard) cross-evaluation is pending only if
+    a unit of a kept source is missing, so a rerun that refuses again recomputes nothing."""
+    refused = {m: dict(r) for m, r in refused.items() if r}
+    if not refused:
+        return
+    plan.refused = refused
+
+    def kept(u: ShardUnit) -> bool:
+        return u.interpreter not in refused.get(u.model, {})
+
+    plan.attack_units = [u for u in plan.attack_units if kept(u)]
+    plan.pending_attack = [u for u in plan.pending_attack if kept(u)]
+    plan.skipped_attack = len(plan.attack_units) - len(plan.pending_attack)
+    plan.benign_units = [u for u in plan.benign_units if kept(u)]
+    plan.pending_benign = [u for u in plan.pending_benign if kept(u)]
+    used = {(u.model, u.attack, u.shard) for u in plan.attack_units}
+    needed = {(u.model, u.attack, u.shard) for u in plan.pending_attack}
+    plan.examples_units = [e for e in plan.examples_units if (e.model, e.attack, e.shard) in used]
+    plan.pending_examples = [e for e in plan.pending_examples if (e.model, e.attack, e.shard) in needed]
+    plan.pending_transfer = [g for g in plan.transfer_groups
+                             if any(u not in plan.complete for u in transfer_units(rc, *g) if kept(u))]
+    plan.skipped_transfer = len(plan.transfer_groups) - len(plan.pending_transfer)
+    d = plan.defence
+    plan.defence = DefencePlan([u for u in d.units if u.model not in refused],
+                               [u for u in d.pending if u.model not in refused], d.forced)
 
 
 def _stale_units(rc: ResolvedConfig, store: ResultStore, ds: Any, complete: set[ShardUnit]) -> set[ShardUnit]:

@@ -56,7 +56,8 @@ def run_attack_graph(rc: ResolvedConfig, payload: dict[str, Any], run: dict[str,
         futs[fut] = u
 
     def submit_transfer(g: tuple[str, int]) -> None:
-        transfer_futs[engine.submit(transfer_shard, payload, run, g[0], g[1], g in plan.forced, gpu=True)] = g
+        transfer_futs[engine.submit(transfer_shard, payload, run, g[0], g[1], g in plan.forced, plan.skip_for(g[0]),
+                                    gpu=True)] = g
 
     def finished(u: ShardUnit, ok: bool) -> None:
         """Release the cross-evaluation of (model, shard) once its last source is done."""

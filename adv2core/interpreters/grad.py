@@ -32,13 +32,15 @@ class Grad(Interpreter):
         *,
         logit: bool = False,
         pool: int = 4,
-        tau: float = DEFAULT_TAU,
+        tau: float | None = None,
         attack_wrt: Literal["normalized", "raw"] = "normalized",
     ) -> None:
         super().__init__(model)
         self.logit = logit
         self.pool = pool
-        self.tau = tau
+        # None: the model's own twin width (Classifier.twin_tau, set where its activations are not on the
+        # unit scale), else the paper's 1e-4
+        self.tau = float(tau) if tau is not None else (getattr(model, "twin_tau", None) or DEFAULT_TAU)
         self.attack_wrt = attack_wrt
 
     def map_size(self, input_size: int | None = None) -> int:

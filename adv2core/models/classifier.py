@@ -59,6 +59,7 @@ class Classifier(nn.Module):
         channel_order: Literal["rgb", "bgr"] = "rgb",
         input_scale: float = 1.0,
         class_names: Sequence[str] | None = None,
+        twin_tau: float | None = None,
     ) -> None:
         super().__init__()
         if head not in HEAD_KINDS:
@@ -80,6 +81,9 @@ class Classifier(nn.Module):
         self.num_classes = int(num_classes)
         self.input_size = input_size
         self.class_names = list(class_names) if class_names is not None else None
+        #: Width of the smooth-ReLU twin used by the Grad attack (adv2core/models/surrogate.py) for this
+        #: model, when its pre-activations are not on the unit scale that the paper's tau = 1e-4 assumes.
+        self.twin_tau = None if twin_tau is None else float(twin_tau)
         scale = float(input_scale)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).div(scale).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).div(scale).view(1, -1, 1, 1))

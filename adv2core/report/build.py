@@ -19,6 +19,7 @@ from adv2core.report import detection, plots
 from adv2core.report.aid import aid_table
 from adv2core.report.marks import apply_marks, marks_from_run
 from adv2core.report.population import population_table
+from adv2core.report.refused import apply_refusals, refusal_lines, refusals_from_run
 from adv2core.report.rendering import ReportTable, interpreter_key
 from adv2core.report.shape import shape_table
 from adv2core.report.tables import (
@@ -98,6 +99,9 @@ def _report_markdown(result: ReportResult) -> str:
         parts += ["## Plots", ""]
         for name, p in sorted(result.plots.items()):
             parts += [f"![{name}]({p.relative_to(result.out_dir).as_posix()})", ""]
+    refused = refusal_lines(refusals_from_run(result.run))
+    if refused:
+        parts += ["## Refused interpreters (not run)", ""] + [f"- {s}" for s in refused] + [""]
     if result.skipped:
         parts += ["## Left out", ""] + [f"- {s}" for s in result.skipped] + [""]
     return "\n".join(parts).rstrip() + "\n"
@@ -191,6 +195,8 @@ def build_report(
         if det is not None:
             tables["detection"] = det
         tables = {key: apply_marks(t, marks) for key, t in tables.items()}
+        refusals = refusals_from_run(run)  # gates.on_refused=skip: cells not run, never a number
+        tables = {key: apply_refusals(t, refusals) for key, t in tables.items()}
         if out_dir is None:
             from adv2core.paths import data_root
 
