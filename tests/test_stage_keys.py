@@ -188,3 +188,59 @@ def test_stores_without_unit_keys_are_never_copied(tmp_path):
     (tmp_path / found["k"][0]["files"].split('"path": "')[1].split('"')[0]).unlink()  # source loses its rows
     dst2 = ShardUnit("dddd", "benign", "m", "grad", "none", 0, 1)
     assert not copy_unit(store, found["k"][0], dst2, "r3") and not store.is_complete(dst2)
+
+
+REFUSED = ("data.num_images=2", "gates.enabled=false", "gates.on_refused=skip")
+
+
+def _eval_pairs(root, config_hash):
+    """(source, evaluator, attack) of the stored transfer rows of a config."""
+    return {(r["s"], r["e"], r["a"]) for r in run_sql(
+        root, "SELECT DISTINCT source_interpreter AS s, eval_interpreter AS e, attack AS a FROM transfer "
+              "WHERE config_hash = ?", [config_hash]).to_pylist()}
+
+
+def test_transfer_units_written_under_a_refusal_are_not_reused_without_it(tmp_path, monkeypatch):
+    """``gates.on_refused: skip``: a transfer unit written while CAM was refused has no rows with CAM as
+    evaluator, and no unit key covers refusals (decided at preparation, after the plan copies). Such a unit
+    records the refusal in its manifest: it is never copied forward (config C, same ADV² transfer keys,
+    CAM not refused, computes them), and its own config rerun without the refusal rewrites it."""
+    import adv2core.interpreters.registry as registry
+    from adv2core.gates import GateError
+    from tasks import worker
+
+    real = registry.build_interpreter
+
+    def build(spec, model, **kw):
+        if spec.name == "cam":
+            raise GateError("RTS-like masker for CAM missed its quality bar (patched)")
+        return real(spec, model, **kw)
+
+    root = tmp_path / "results"
+    worker.clear_caches()
+    monkeypatch.setattr(registry, "build_interpreter", build)
+    rc_a = tiny_config(root, *REFUSED)
+    a = run_benchmark(rc_a, engine="inline")
+    assert a["status"] == "completed" and [r["interpreter"] for r in a["refused"]] == ["cam"]
+    assert _eval_pairs(root, rc_a.config_hash) == {("grad", "grad", at) for at in ("pgd", "adv2")}
+    recorded = ResultStore(root).recorded_refusals(rc_a.config_hash)
+    assert len(recorded) == 4 and {u.stage for u in recorded} == {"transfer"}
+    assert set(recorded.values()) == {frozenset({"cam"})}
+
+    monkeypatch.setattr(registry, "build_interpreter", real)  # CAM builds again: nothing refused
+    worker.clear_caches()
+    rc_c = tiny_config(root, *REFUSED, PGD_CHANGE)
+    c = run_benchmark(rc_c, engine="inline")
+    assert c["status"] == "completed" and not c["failures"] and "refused" not in c
+    # Grad's benign maps and ADV² units are copied; its ADV² transfer units (same unit key) are not
+    assert c["plan"]["copied"] == {"benign": 2, "attack": 2}
+    full = {(s, e, at) for s in ("grad", "cam") for e in ("grad", "cam") for at in ("pgd", "adv2")}
+    assert _eval_pairs(root, rc_c.config_hash) == full
+    assert ResultStore(root).recorded_refusals(rc_c.config_hash) == {}
+
+    # config A again, CAM not refused: the units written under the refusal are not complete for it
+    again = run_benchmark(rc_a, engine="inline")
+    assert again["status"] == "completed" and not again["failures"] and again["plan"]["pending_transfer"] == 2
+    assert _eval_pairs(root, rc_a.config_hash) == full
+    assert ResultStore(root).recorded_refusals(rc_a.config_hash) == {}
+    assert counts(root, rc_a.config_hash) == expected_counts(rc_a) and duplicate_keys(root) == {}

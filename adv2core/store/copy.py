@@ -13,6 +13,9 @@ config, :func:`copy_unit` writes it under the new config hash instead of recompu
 * its manifest is written last, atomically, with the unit key and ``copied_from`` (source config hash)
   and ``copied_from_run`` (the run id in the source manifest): the lineage stays queryable in ``shards``.
 
+A unit whose manifest records refused interpreters (``refused``: a transfer unit written under
+``gates.on_refused: skip`` has no rows under them, and no unit key covers refusals) is never a source.
+
 Same protocol as :meth:`ResultStore.write_shard`: old manifest dropped first, manifest last, files
 removed on failure, so a unit is complete exactly when its manifest is.
 """
@@ -57,7 +60,9 @@ def keyed_units(store: ResultStore, keys: set[str], exclude_config: str) -> dict
         rel = con.sql(f"SELECT * FROM read_parquet('{glob}', union_by_name=true, hive_partitioning=false)")
         if "unit_key" not in rel.columns:  # only manifests written before unit keys existed
             return {}
-        rows = rel.filter("unit_key IS NOT NULL").fetch_arrow_table().to_pylist()
+        # a unit written while interpreters were refused (``refused``) lacks their rows: never a source
+        where = "unit_key IS NOT NULL" + (" AND refused IS NULL" if "refused" in rel.columns else "")
+        rows = rel.filter(where).fetch_arrow_table().to_pylist()
     except duckdb.Error:  # a damaged manifest somewhere: no copy-forward this time (recompute)
         return {}
     finally:

@@ -188,6 +188,10 @@ SHARDS = _schema(
         _opt("unit_key", pa.string()),
         _opt("copied_from", pa.string()),
         _opt("copied_from_run", pa.string()),
+        # JSON list of the interpreters refused for the unit's model when it was written (gates.on_refused:
+        # skip; transfer units: no rows under them as evaluators); null when none. Such a unit is never copied
+        # forward, and is recomputed by a run that does not refuse them (flows.plan.drop_refused).
+        _opt("refused", pa.string()),
     ]
 )
 
