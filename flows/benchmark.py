@@ -59,7 +59,7 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
     status = "failed"
     t0 = time.perf_counter()
     try:
-        plan = make_plan(rc, record.store)
+        plan = make_plan(rc, record.store, run["run_id"])
         summary["plan"] = plan.to_dict()
 
         ready = _prepare_models(payload, plan, engine, tracker, record)

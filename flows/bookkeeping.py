@@ -77,6 +77,7 @@ class RunRecord:
         self.summary["computed"] = sum(1 for st in done_status if st == "done")
         self.summary["skipped_by_task"] = sum(1 for st in done_status if st == "skipped")  # a concurrent run wrote it
         self.summary["skipped"] = plan.done_tasks
+        self.summary["copied"] = sum(plan.copied.values())  # units copied forward from another config (in skipped)
 
     def finish(self, status: str) -> None:
         """The final status, the devices used and the end time, in the summary and the run row."""

@@ -1,7 +1,16 @@
 """The plan of a run: every unit of its graph, and those still missing from the store for its config hash.
 
 Resumability lives in the data layer, not in Prefect caching (stack-notes 1.2): a unit with a complete
-manifest is skipped, unless its stored images no longer match the dataset (then it is forced).
+manifest is skipped, unless its stored images no longer match the dataset (then it is forced). A unit
+missing for this config hash whose *unit key* (:mod:`adv2core.config.unitkeys`: the hash of the config
+subset it depends on) matches a complete unit of another config is copied forward
+(:func:`adv2core.store.copy.copy_unit`) when a run plans, instead of being recomputed.
+
+With ``gates.on_refused: skip`` the rows of a transfer unit depend on the interpreters refused at
+preparation (they are not evaluators), which happens after planning and which no unit key covers. Such a
+unit records them in its manifest (``refused``); it is never a copy-forward source, and for its own config
+it counts as complete only in a run that refuses at least those interpreters for its model
+(:attr:`Plan.provisional`, :func:`drop_refused`); otherwise it is recomputed.
 """
 
 from __future__ import annotations
@@ -40,8 +49,12 @@ class Plan:
     stale: int = 0  # complete units whose images no longer match the dataset (recomputed)
     forced: frozenset = frozenset()  # those units and (model, shard) groups: rewrite even though complete
     defence: DefencePlan = field(default_factory=DefencePlan)
+    copied: dict[str, int] = field(default_factory=dict)  # units copied forward from another config, by stage
     complete: frozenset = frozenset()  # the units already stored for this config hash (stale ones excluded)
     refused: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> {interpreter: reason} (skipped)
+    # stored transfer units written while interpreters were refused: unit -> those interpreters (no rows as
+    # evaluators). Not in ``complete``: valid only for a run refusing at least those (decided after preparation)
+    provisional: dict = field(default_factory=dict)
 
     def skip_for(self, model: str) -> list[str]:
         """The interpreters refused for ``model`` (``gates.on_refused=skip``): no task may use them."""
@@ -65,12 +78,16 @@ class Plan:
             "transfer_tasks": len(self.transfer_groups), "pending_transfer": len(self.pending_transfer),
             "num_images": self.num_images, "dataset_size": self.dataset_size, "stale": self.stale,
             "defence_units": len(self.defence.units), "pending_defence": len(self.defence.pending),
+            "copied": dict(self.copied),
             **({"refused": {m: sorted(r) for m, r in self.refused.items()}} if self.refused else {}),
         }
 
 
-def make_plan(rc: ResolvedConfig, store: ResultStore) -> Plan:
-    """All units of the run and the ones still missing for this config hash."""
+def make_plan(rc: ResolvedConfig, store: ResultStore, run_id: str | None = None) -> Plan:
+    """All units of the run and the ones still missing for this config hash.
+
+    With ``run_id`` (a run is starting) missing units are first copied forward where another config
+    stored the same unit key, under that run id; without it the plan only reads the store."""
     from tasks import worker
 
     worker.setup_worker(rc)
@@ -89,10 +106,26 @@ def make_plan(rc: ResolvedConfig, store: ResultStore) -> Plan:
         for m in b.models.names for i in b.interpreters.names for a in b.attacks.names for s in range(num_shards)
     ]
     complete = store.completed_units(rc.config_hash)
+    # transfer units written while interpreters were refused lack those evaluators: not complete for a run
+    # that refuses none (which this plan assumes until preparation; drop_refused then re-decides them)
+    provisional = {u: r for u, r in store.recorded_refusals(rc.config_hash).items() if u in complete}
+    complete -= provisional.keys()
+    groups = [(m, s) for m in b.models.names for s in range(num_shards)] if rc.cross_eval_attacks else []
+    copied: dict[str, int] = {}
+    if run_id is not None:
+        everything = [*benign_units(rc), *examples_units(rc), *units,
+                      *(t for g in groups for t in transfer_units(rc, *g))]
+        if rc.bench.detectors:
+            from tasks.defences import defence_units
+
+            everything += defence_units(rc)
+        for u in copy_forward(rc, store, [u for u in everything if u not in complete], run_id):
+            complete.add(u)
+            provisional.pop(u, None)
+            copied[u.stage] = copied.get(u.stage, 0) + 1
     stale = _stale_units(rc, store, ds, complete)
     complete -= stale
     pending = [u for u in units if u not in complete]
-    groups = [(m, s) for m in b.models.names for s in range(num_shards)] if rc.cross_eval_attacks else []
     pending_groups = [g for g in groups if any(u not in complete for u in transfer_units(rc, *g))]
     forced = frozenset(stale) | frozenset((u.model, u.shard) for u in stale)
     ex_units = examples_units(rc)
@@ -105,8 +138,32 @@ def make_plan(rc: ResolvedConfig, store: ResultStore) -> Plan:
                 skipped_attack=len(units) - len(pending), skipped_transfer=len(groups) - len(pending_groups),
                 examples_units=ex_units, pending_examples=pending_ex, benign_units=ben_units,
                 pending_benign=pending_ben,
-                stale=len(stale), forced=forced, defence=plan_defences(rc, complete, stale),
-                complete=frozenset(complete))
+                stale=len(stale), forced=forced, defence=plan_defences(rc, complete, stale), copied=copied,
+                complete=frozenset(complete), provisional=provisional)
+
+
+def copy_forward(rc: ResolvedConfig, store: ResultStore, missing: list[ShardUnit], run_id: str) -> list[ShardUnit]:
+    """Copy each missing unit whose unit key a complete unit of another config holds; returns those copied.
+
+    A source that turns out incomplete, or a copy that fails, leaves its unit missing (it is computed)."""
+    from adv2core.config.unitkeys import unit_keys
+    from adv2core.store import StoreError
+    from adv2core.store.copy import copy_unit, keyed_units
+
+    if not missing:
+        return []
+    keys = unit_keys(rc, missing)
+    sources = keyed_units(store, set(keys.values()), rc.config_hash)
+    done = []
+    for u in missing:
+        for src in sources.get(keys[u], []):
+            try:
+                if copy_unit(store, src, u, run_id):
+                    done.append(u)
+                    break
+            except StoreError:
+                break
+    return done
 
 
 def drop_refused(rc: ResolvedConfig, plan: Plan, refused: dict[str, dict[str, str]]) -> None:
@@ -116,7 +173,9 @@ def drop_refused(rc: ResolvedConfig, plan: Plan, refused: dict[str, dict[str, st
     longer counted), examples units only they needed, and their transfer units (as sources; the transfer
     task is told not to evaluate under them either, :meth:`Plan.skip_for`); the model's defence units are
     dropped as well (they read every interpreter). A (model, shard) cross-evaluation is pending only if
-    a unit of a kept source is missing, so a rerun that refuses again recomputes nothing."""
+    a unit of a kept source is missing — a stored transfer unit written while interpreters were refused
+    (:attr:`Plan.provisional`) counts as complete only when this run refuses at least those for its model
+    (it has no rows of the others) — so a rerun that refuses again recomputes nothing."""
     refused = {m: dict(r) for m, r in refused.items() if r}
     if not refused:
         return
@@ -134,8 +193,11 @@ def drop_refused(rc: ResolvedConfig, plan: Plan, refused: dict[str, dict[str, st
     needed = {(u.model, u.attack, u.shard) for u in plan.pending_attack}
     plan.examples_units = [e for e in plan.examples_units if (e.model, e.attack, e.shard) in used]
     plan.pending_examples = [e for e in plan.pending_examples if (e.model, e.attack, e.shard) in needed]
+    valid = {u for u, r in plan.provisional.items()
+             if r <= set(refused.get(u.model, {})) and (u.model, u.shard) not in plan.forced}
+    done = plan.complete | valid
     plan.pending_transfer = [g for g in plan.transfer_groups
-                             if any(u not in plan.complete for u in transfer_units(rc, *g) if kept(u))]
+                             if any(u not in done for u in transfer_units(rc, *g) if kept(u))]
     plan.skipped_transfer = len(plan.transfer_groups) - len(plan.pending_transfer)
     d = plan.defence
     plan.defence = DefencePlan([u for u in d.units if u.model not in refused],

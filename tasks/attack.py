@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from adv2core.config import ResolvedConfig
+from adv2core.config.unitkeys import unit_key
 from adv2core.store import ResultStore, ShardUnit, table_from_rows
 from adv2core.store.schemas import schema_for
 from adv2core.store.layout import NO_INTERPRETER
@@ -101,7 +102,8 @@ def run_attack_shard(payload: dict[str, Any], run: dict[str, Any], model: str, i
     table = table_from_rows(unit.table, rows)
     arrays = {k: np.concatenate(v) for k, v in parts.items() if v} or None
     seconds = time.perf_counter() - t0
-    store.write_shard(unit, {unit.table: table}, arrays, run_id=run["run_id"], seconds=seconds)
+    store.write_shard(unit, {unit.table: table}, arrays, run_id=run["run_id"], seconds=seconds,
+                      unit_key=unit_key(rc, unit))
     n_ok = sum(1 for r in rows if r.get("status") == "ok")
     n_success = sum(1 for r in rows if r.get("success"))
     return unit_summary(unit, "done", rows=len(rows), ok=n_ok, success=n_success, seconds=round(seconds, 3),

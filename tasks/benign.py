@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from adv2core.config import ResolvedConfig
+from adv2core.config.unitkeys import unit_key
 from adv2core.store import ResultStore, ShardUnit, table_from_rows
 from adv2core.store.arrays import read_arrays
 from adv2core.store.layout import NO_ATTACK, arrays_path
@@ -102,7 +103,7 @@ def run_benign_shard(payload: dict[str, Any], run: dict[str, Any], model: str, i
     arrays = {k: np.concatenate(v) for k, v in parts.items() if v} or None
     seconds = time.perf_counter() - t0
     store.write_shard(unit, {"benign": table_from_rows("benign", rows)}, arrays, run_id=run["run_id"],
-                      seconds=seconds)
+                      seconds=seconds, unit_key=unit_key(rc, unit))
     return unit_summary(unit, "done", rows=len(rows), seconds=round(seconds, 3), device=worker.device_label(device))
 
 

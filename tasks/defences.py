@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 
 from adv2core.config import ResolvedConfig, derive_seed
+from adv2core.config.unitkeys import unit_key
 from adv2core.store import ResultStore, ShardUnit, table_from_rows
 from tasks import worker
 from tasks.common import Deadline, stage_task, unit_summary
@@ -97,7 +98,8 @@ def run_defence_unit(payload: dict[str, Any], run: dict[str, Any], model: str, d
             "defence_hash": unit.attack, "target_fpr": settings.calibration.fpr}
     table = table_from_rows("detections", [{**r, **base} for r in rows])
     seconds = time.perf_counter() - t0
-    store.write_shard(unit, {"detections": table}, None, run_id=run["run_id"], seconds=seconds)
+    store.write_shard(unit, {"detections": table}, None, run_id=run["run_id"], seconds=seconds,
+                      unit_key=unit_key(rc, unit))
     return unit_summary(unit, "done", rows=len(rows), seconds=round(seconds, 3), device=worker.device_label(device))
 
 

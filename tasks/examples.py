@@ -20,6 +20,7 @@ import torch
 
 from adv2core.attacks.registry import interpreter_free
 from adv2core.config import ResolvedConfig
+from adv2core.config.unitkeys import unit_key
 from adv2core.errors import Adv2Error
 from adv2core.store import ResultStore, ShardUnit, table_from_rows
 from adv2core.store.arrays import read_arrays
@@ -104,7 +105,8 @@ def evaluate_examples_shard(rc: ResolvedConfig, run: dict[str, Any], unit: Shard
     table = table_from_rows("samples", rows)
     arrays = {k: np.concatenate(v) for k, v in parts.items() if v} or None
     seconds = time.perf_counter() - t0
-    store.write_shard(unit, {"samples": table}, arrays, run_id=run["run_id"], seconds=seconds)
+    store.write_shard(unit, {"samples": table}, arrays, run_id=run["run_id"], seconds=seconds,
+                      unit_key=unit_key(rc, unit))
     return unit_summary(unit, "done", rows=len(rows), ok=sum(1 for r in rows if r.get("status") == "ok"),
                         success=sum(1 for r in rows if r.get("success")), seconds=round(seconds, 3),
                         device=worker.device_label(device))

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from adv2core.config import ResolvedConfig
+from adv2core.config.unitkeys import unit_keys
 from adv2core.errors import Adv2Error
 from adv2core.store import ResultStore, ShardUnit, table_from_rows
 from adv2core.store.arrays import read_arrays
@@ -50,11 +51,15 @@ def run_transfer_shard(payload: dict[str, Any], run: dict[str, Any], model: str,
     """Body of the transfer task: writes every missing transfer unit of (model, shard) (all if ``force``).
 
     ``skip``: interpreters refused for ``model`` at preparation (``gates.on_refused=skip``): neither a
-    source nor an evaluator here, never built (so an RTS masker is never trained by this task)."""
+    source nor an evaluator here, never built (so an RTS masker is never trained by this task). The units
+    written then record them in their manifest (no rows under them); a stored unit recording an
+    interpreter not in ``skip`` lacks rows this run needs and is rewritten."""
     rc = worker.start_task(payload)
     store = ResultStore(rc.results_root)
+    recorded = store.recorded_refusals(rc.config_hash)  # units written while interpreters were refused
     units = [u for u in transfer_units(rc, model, shard)
-             if u.interpreter not in skip and (force or not store.is_complete(u))]
+             if u.interpreter not in skip and (force or not store.is_complete(u)
+                                               or not recorded.get(u, frozenset()) <= set(skip))]
     first = ShardUnit(rc.config_hash, "transfer", model, "all", "all", shard, rc.num_shards)
     if not units:
         return unit_summary(first, "skipped", units=0)
@@ -67,6 +72,7 @@ def run_transfer_shard(payload: dict[str, Any], run: dict[str, Any], model: str,
     cross_evaluate = _cross_evaluate_fn()
     from adv2core.metrics import apply_int16_perturbation
 
+    keys = unit_keys(rc, units)
     written = 0
     rows_total = 0
     benign_cache: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}  # one benign map per (image set, j)
@@ -113,7 +119,8 @@ def run_transfer_shard(payload: dict[str, Any], run: dict[str, Any], model: str,
                 for r in out:
                     rows.append({**r, **base, "success": success.get(r["image_id"])})
         table = table_from_rows("transfer", rows)
-        store.write_shard(unit, {"transfer": table}, arrays, run_id=run["run_id"], seconds=time.perf_counter() - t0)
+        store.write_shard(unit, {"transfer": table}, arrays, run_id=run["run_id"], seconds=time.perf_counter() - t0,
+                          unit_key=keys[unit], refused=skip)
         written += 1
         rows_total += len(rows)
     return unit_summary(first, "done", units=written, rows=rows_total,

@@ -1,8 +1,10 @@
-"""Config safety: stored shards are keyed by the config hash, so a changed parameter never reuses them.
+"""Config safety: stored shards are keyed by the config hash, so a changed parameter never reuses a
+result it changes.
 
-A rerun with a changed attack parameter recomputes every unit under a new hash, leaves the old
-config's units untouched, and both configs stay separately queryable with exact counts. Execution
-settings (workers, results folder, retries, report) keep the hash, so they resume instead.
+A rerun with a changed attack parameter gets a new hash: it recomputes every unit that depends on the
+parameter, copies the others forward from the old config (same unit key, adv2core.config.unitkeys),
+leaves the old config's units untouched, and both configs stay separately queryable with exact counts.
+Execution settings (workers, results folder, retries, report) keep the hash, so they resume instead.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def test_execution_settings_keep_the_hash(tmp_path, change):
 
 
 @pytest.mark.slow
-def test_changed_attack_parameter_never_reuses_shards(tmp_path):
+def test_changed_attack_parameter_recomputes_what_depends_on_it(tmp_path):
     rc0, base_root, _ = baseline()
     root = tmp_path / "results"
     shutil.copytree(base_root, root)
@@ -63,7 +65,12 @@ def test_changed_attack_parameter_never_reuses_shards(tmp_path):
     assert rc1.config_hash != rc0.config_hash
     s1 = run_benchmark(rc1, engine="inline")
     assert s1["status"] == "completed"
-    assert s1["skipped"] == 0 and s1["computed"] == tasks_for(all_units(rc1))  # nothing reused
+    pgd = {u for u in all_units(rc1) if u[3] == "pgd"}  # PGD's examples, attack and cross-evaluation units
+    assert s1["computed"] == tasks_for(pgd)  # nothing that depends on PGD is reused ...
+    assert s1["copied"] == len(all_units(rc1)) - len(pgd)  # ... and everything else is copied forward
+    copied = {(r["stage"], r["model"], r["interpreter"], r["attack"], r["shard"]) for r in run_sql_rows(
+        root, "SELECT * FROM shards WHERE config_hash = ? AND copied_from IS NOT NULL", [rc1.config_hash])}
+    assert copied == all_units(rc1) - pgd
     assert {v[0] for v in manifests(root, rc1.config_hash).values()} == {s1["run_id"]}
     assert manifests(root, rc0.config_hash) == old  # the old config's units are untouched
 
@@ -86,8 +93,8 @@ def test_changed_attack_parameter_never_reuses_shards(tmp_path):
     assert manifests(root, rc0.config_hash) == old
 
 
-def run_sql_rows(root, sql):
-    return run_sql(root, sql).to_pylist()
+def run_sql_rows(root, sql, params=None):
+    return run_sql(root, sql, params).to_pylist()
 
 
 def run_sql_count(root, sql) -> int:

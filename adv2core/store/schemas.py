@@ -182,6 +182,16 @@ SHARDS = _schema(
         _req("files", pa.string()),  # JSON list of {path (relative to root), sha256, bytes, rows}
         _opt("seconds", pa.float64()),
         _req("completed_at", UTC_US),
+        # Per-unit dependency key (adv2core.config.unitkeys); null in stores written before it existed,
+        # whose units are then never copied forward. A copied unit names its source config hash and the
+        # run id of the source manifest (its rows were computed there, or further up that chain).
+        _opt("unit_key", pa.string()),
+        _opt("copied_from", pa.string()),
+        _opt("copied_from_run", pa.string()),
+        # JSON list of the interpreters refused for the unit's model when it was written (gates.on_refused:
+        # skip; transfer units: no rows under them as evaluators); null when none. Such a unit is never copied
+        # forward, and is recomputed by a run that does not refuse them (flows.plan.drop_refused).
+        _opt("refused", pa.string()),
     ]
 )
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -113,11 +113,15 @@ class ResultStore:
         *,
         run_id: str | None = None,
         seconds: float | None = None,
+        unit_key: str | None = None,
+        refused: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Write one unit's table (``samples``/``transfer``/``detections`` for stage attack/transfer/defence; an
         Arrow table or row dicts), its optional arrays, and finally its manifest row, which is returned.
 
-        ``run_id`` defaults to the single run id found in the rows. Raises StoreError (one line)
+        ``run_id`` defaults to the single run id found in the rows; ``unit_key`` (the unit's dependency key,
+        :mod:`adv2core.config.unitkeys`) goes into the manifest so a later config can copy it; ``refused`` (the
+        interpreters refused for the unit's model at preparation, which its rows lack) too, as a JSON list. Raises StoreError (one line)
         on a bad table or a failed write; ValueError-type problems in the rows become StoreError too.
         """
         want = unit.table
@@ -162,6 +166,8 @@ class ResultStore:
                 "files": json.dumps(files, sort_keys=True),
                 "seconds": None if seconds is None else float(seconds),
                 "completed_at": datetime.now(timezone.utc),
+                "unit_key": unit_key,
+                "refused": json.dumps(sorted(refused)) if refused else None,
             }
             atomic_write_bytes(manifest, parquet_bytes(table_from_rows("shards", [row])))
         except StoreError:
@@ -284,6 +290,44 @@ class ResultStore:
                 continue
             if self._files_ok(files, full):
                 out.add(unit)
+        return out
+
+    def recorded_refusals(self, config_hash: str) -> dict[ShardUnit, frozenset[str]]:
+        """Units of a config whose manifest records refused interpreters (``refused``, see
+        :meth:`write_shard`) -> those interpreters. One DuckDB read; completeness is not checked here."""
+        d = layout.manifest_dir(self.root, config_hash)
+        if not d.is_dir() or next(d.glob("*.parquet"), None) is None:
+            return {}
+        import duckdb
+
+        glob = (d / "*.parquet").as_posix().replace("'", "''")
+        con = duckdb.connect()
+        try:
+            rel = con.sql(f"SELECT * FROM read_parquet('{glob}', union_by_name=true, hive_partitioning=false)")
+            if "refused" not in rel.columns:  # only manifests written before the column existed
+                return {}
+            rows = rel.filter("refused IS NOT NULL").select(
+                "config_hash, stage, model, interpreter, attack, shard, num_shards, refused").fetchall()
+        except duckdb.Error:  # a damaged manifest: the slow path reads each one
+            rows = []
+            for p in d.glob("*.parquet"):
+                try:
+                    r = pq.read_table(p).to_pylist()[0]
+                except (OSError, pa.ArrowException, IndexError):
+                    continue
+                if r.get("refused"):
+                    rows.append(tuple(r[k] for k in (*ShardUnit.__dataclass_fields__, "refused")))
+        finally:
+            con.close()
+        out: dict[ShardUnit, frozenset[str]] = {}
+        for config, stg, model, interp, attack, shard, n, refused in rows:
+            try:
+                unit = ShardUnit(config, stg, model, interp, attack, int(shard), int(n))
+                names = frozenset(json.loads(refused))
+            except (ValueError, TypeError):
+                continue
+            if unit.config_hash == config_hash:
+                out[unit] = names
         return out
 
     def _completed_units_slow(self, d: Path, config_hash: str, stage: str | None, full: bool) -> set[ShardUnit]:
