@@ -32,12 +32,8 @@ from adv2core.data.types import Batch
 from adv2core.errors import Adv2Error, ConfigError
 from adv2core.interpreters.base import Interpreter
 from adv2core.metrics import (
-    DEFAULT_KS,
     attack_success,
     confidence,
-    iou_curve,
-    l1_distance,
-    l2_distance,
     perturbation_to_int16,
     quantize_uint8,
     target_probability,
@@ -278,16 +274,11 @@ def cross_evaluate(
         ben = benign_maps.get(name) if benign_maps else None
         if ben is None:
             ben = interp.explain(x, y, ids=ids)
-        adv = interp.explain(x_adv_q, y_t, ids=ids)
+        # the same measurement as the white-box rows (map_metrics), with the benign map as reference
+        adv, metrics = map_metrics(interp, x_adv_q, y_t, ids, ben, ben, None)
         if maps_out is not None:
             maps_out[name] = adv
-        iou = iou_curve(interp.saliency(adv), interp.saliency(ben), DEFAULT_KS)
-        cols = {
-            "l1": _f(l1_distance(adv, ben)),
-            "l2": _f(l2_distance(adv, ben)),
-            "iou_mean": _f(iou.mean(dim=1)),
-            **{k: _f(iou[:, j]) for j, k in enumerate(IOU_KEYS)},
-        }
+        cols = {k: metrics[k] for k in TRANSFER_KEYS[2:]}  # no localisation columns (no masks here)
         for j, image_id in enumerate(ids):
             rows.append({"image_id": image_id, "eval_interpreter": name, **{k: v[j] for k, v in cols.items()}})
     return rows

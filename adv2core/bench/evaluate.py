@@ -3,7 +3,8 @@
 :func:`run_cell` uses :func:`map_metrics` right after its attack; the pipeline uses
 :func:`evaluate_examples` on examples an interpreter-free attack (PGD, StAdv) computed once per
 (model, shard), so every interpreter's ``samples`` rows come from the same computation as the
-interpreter-specific attacks' rows. Map metrics compare the adversarial map (``interpreter.explain`` of
+interpreter-specific attacks' rows; the cross-evaluation (:func:`adv2core.bench.cell.cross_evaluate`,
+the ``transfer`` rows) calls :func:`map_metrics` too, with the benign map as reference. Map metrics compare the adversarial map (``interpreter.explain`` of
 the quantised image for c_t) with the reference map m_t (the benign map for y in the main setting), at
 native resolution; IoU uses saliencies (MASK: 1 - m).
 """
