@@ -39,11 +39,10 @@ from adv2core.store import layout
 from adv2core.store.errors import StoreError
 from adv2core.store.layout import ShardUnit
 from adv2core.store.schemas import conform_table, table_from_rows
-from adv2core.store.writer import ResultStore, _fsync_dir, atomic_write_bytes, parquet_bytes
+from adv2core.store.writer import _UNIT_FIELDS, ResultStore, _fsync_dir, atomic_write_bytes, manifest_rows, parquet_bytes
 
 __all__ = ["copy_unit", "keyed_units"]
 
-_UNIT_FIELDS = tuple(ShardUnit.__dataclass_fields__)
 
 
 def keyed_units(store: ResultStore, keys: set[str], exclude_config: str) -> dict[str, list[dict[str, Any]]]:
@@ -54,19 +53,12 @@ def keyed_units(store: ResultStore, keys: set[str], exclude_config: str) -> dict
         return {}
     import duckdb
 
-    glob = (d.as_posix() + "/config_hash=*/*.parquet").replace("'", "''")
-    con = duckdb.connect()
     try:
-        rel = con.sql(f"SELECT * FROM read_parquet('{glob}', union_by_name=true, hive_partitioning=false)")
-        if "unit_key" not in rel.columns:  # only manifests written before unit keys existed
-            return {}
-        # a unit written while interpreters were refused (``refused``) lacks their rows: never a source
-        where = "unit_key IS NOT NULL" + (" AND refused IS NULL" if "refused" in rel.columns else "")
-        rows = rel.filter(where).fetch_arrow_table().to_pylist()
+        rows = manifest_rows(d / "config_hash=*" / "*.parquet", "unit_key")
     except duckdb.Error:  # a damaged manifest somewhere: no copy-forward this time (recompute)
         return {}
-    finally:
-        con.close()
+    # a unit written while interpreters were refused (``refused``) lacks their rows: never a source
+    rows = [r for r in rows if r.get("refused") is None]
     out: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if r["unit_key"] in keys and r["config_hash"] != exclude_config:

@@ -300,31 +300,23 @@ class ResultStore:
             return {}
         import duckdb
 
-        glob = (d / "*.parquet").as_posix().replace("'", "''")
-        con = duckdb.connect()
         try:
-            rel = con.sql(f"SELECT * FROM read_parquet('{glob}', union_by_name=true, hive_partitioning=false)")
-            if "refused" not in rel.columns:  # only manifests written before the column existed
-                return {}
-            rows = rel.filter("refused IS NOT NULL").select(
-                "config_hash, stage, model, interpreter, attack, shard, num_shards, refused").fetchall()
+            rows = manifest_rows(d / "*.parquet", "refused")
         except duckdb.Error:  # a damaged manifest: the slow path reads each one
             rows = []
             for p in d.glob("*.parquet"):
                 try:
-                    r = pq.read_table(p).to_pylist()[0]
+                    rows.append(pq.read_table(p).to_pylist()[0])
                 except (OSError, pa.ArrowException, IndexError):
                     continue
-                if r.get("refused"):
-                    rows.append(tuple(r[k] for k in (*ShardUnit.__dataclass_fields__, "refused")))
-        finally:
-            con.close()
         out: dict[ShardUnit, frozenset[str]] = {}
-        for config, stg, model, interp, attack, shard, n, refused in rows:
+        for r in rows:
+            if not r.get("refused"):
+                continue
             try:
-                unit = ShardUnit(config, stg, model, interp, attack, int(shard), int(n))
-                names = frozenset(json.loads(refused))
-            except (ValueError, TypeError):
+                unit = ShardUnit(*(r[k] for k in _UNIT_FIELDS[:5]), int(r["shard"]), int(r["num_shards"]))
+                names = frozenset(json.loads(r["refused"]))
+            except (KeyError, ValueError, TypeError):
                 continue
             if unit.config_hash == config_hash:
                 out[unit] = names
@@ -375,3 +367,22 @@ class ResultStore:
                 except FileNotFoundError:
                     pass
         return removed
+
+
+_UNIT_FIELDS = tuple(ShardUnit.__dataclass_fields__)
+
+
+def manifest_rows(glob: str | Path, column: str) -> list[dict[str, Any]]:
+    """Manifest rows (``shards`` files) matching ``glob`` whose ``column`` is set; none when no manifest has
+    that column (all written before it existed). One DuckDB read; a damaged file raises ``duckdb.Error``."""
+    import duckdb
+
+    lit = Path(glob).as_posix().replace("'", "''")
+    con = duckdb.connect()
+    try:
+        rel = con.sql(f"SELECT * FROM read_parquet('{lit}', union_by_name=true, hive_partitioning=false)")
+        if column not in rel.columns:
+            return []
+        return rel.filter(f"{column} IS NOT NULL").fetch_arrow_table().to_pylist()
+    finally:
+        con.close()
