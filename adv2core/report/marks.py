@@ -17,28 +17,32 @@ from adv2core.report.rendering import DASH, INTERPRETER_NAMES, ReportTable, inte
 Marks = dict[tuple[str, str], str]  # (model, interpreter) -> reason
 
 
-def marks_from_run(run: dict[str, Any]) -> Marks:
-    """The degenerate cells of a ``runs`` row (empty when the run has no preflight record)."""
-    raw = run.get("preflight")
-    if not raw:
-        return {}
+def cells_with_status(run: dict[str, Any], status: str) -> dict[tuple[str, str], str]:
+    """``(model, interpreter) -> reason`` of the interpreters whose preflight report in a ``runs`` row has
+    ``status`` (empty when the run has no preflight record)."""
     try:
-        pre = json.loads(raw)
+        pre = json.loads(run.get("preflight") or "{}") or {}
     except ValueError:
         return {}
-    out: Marks = {}
+    out: dict[tuple[str, str], str] = {}
     for model, rep in (pre.get("models") or {}).items():
         for interp, r in ((rep or {}).get("interpreters") or {}).items():
-            if r.get("status") == "degenerate":
-                out[(model, interp)] = str(r.get("reason") or "degenerate")
+            if (r or {}).get("status") == status:
+                out[(model, interp)] = str(r.get("reason") or status)
     return out
+
+
+def marks_from_run(run: dict[str, Any]) -> Marks:
+    """The degenerate cells of a ``runs`` row (empty when the run has no preflight record)."""
+    return cells_with_status(run, "degenerate")
 
 
 def strike(text: str) -> str:
     return text if text in ("", DASH) else f"~~{text}~~"
 
 
-def _interp_from_label(label: str) -> str | None:
+def interp_from_label(label: str) -> str | None:
+    """The interpreter key of a table label (``RTS-AID`` -> ``rts-aid``), None for other text."""
     for key, name in INTERPRETER_NAMES.items():
         if label == name:
             return key
@@ -61,15 +65,15 @@ def apply_marks(table: ReportTable, marks: Marks) -> ReportTable:
         header = block.header
         if len(header) >= 2 and header[:2] == ["Model", "Interp."]:
             for row in block.rows:
-                key = (row[0], _interp_from_label(row[1]) or row[1])
+                key = (row[0], interp_from_label(row[1]) or row[1])
                 if key in marks:
                     row[2:] = [strike(c) for c in row[2:]]
                     row[1] = f"{row[1]} (degenerate)"
         elif header and header[0] == "Source \\ eval" and block.caption:
             model = block.caption.split(" / ")[0]
-            bad_cols = {n for n, h in enumerate(header) if (model, _interp_from_label(h) or "") in marks}
+            bad_cols = {n for n, h in enumerate(header) if (model, interp_from_label(h) or "") in marks}
             for row in block.rows:
-                src_bad = (model, _interp_from_label(row[0]) or "") in marks
+                src_bad = (model, interp_from_label(row[0]) or "") in marks
                 for n in range(1, len(row)):
                     if src_bad or n in bad_cols:
                         row[n] = strike(row[n])

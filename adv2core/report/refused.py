@@ -15,10 +15,10 @@ its cells for that model, so the store has no rows for them. The report says so 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from adv2core.report.rendering import DASH, INTERPRETER_NAMES, ReportTable, interpreter_name
+from adv2core.report.marks import cells_with_status, interp_from_label
+from adv2core.report.rendering import DASH, ReportTable, interpreter_name
 
 Refusals = dict[tuple[str, str], str]  # (model, interpreter) -> reason
 REFUSED = "refused"
@@ -26,16 +26,7 @@ REFUSED = "refused"
 
 def refusals_from_run(run: dict[str, Any]) -> Refusals:
     """The refused cells of a ``runs`` row (empty when the run has no preflight record)."""
-    try:
-        pre = json.loads(run.get("preflight") or "{}") or {}
-    except ValueError:
-        return {}
-    out: Refusals = {}
-    for model, rep in (pre.get("models") or {}).items():
-        for interp, r in ((rep or {}).get("interpreters") or {}).items():
-            if (r or {}).get("status") == REFUSED:
-                out[(model, interp)] = str(r.get("reason") or REFUSED)
-    return out
+    return cells_with_status(run, REFUSED)
 
 
 def refusal_lines(refusals: Refusals) -> list[str]:
@@ -44,10 +35,7 @@ def refusal_lines(refusals: Refusals) -> list[str]:
 
 
 def _interp_key(label: str) -> str:
-    for key, name in INTERPRETER_NAMES.items():
-        if label == name:
-            return key
-    return label
+    return interp_from_label(label) or label
 
 
 def _refused_record(rec: dict[str, Any], refusals: Refusals) -> bool:
