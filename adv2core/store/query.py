@@ -218,7 +218,7 @@ def check_sql(sql: str) -> list[str]:
 _VANISHED = re.compile(r"No such file or directory|No files found that match the pattern")
 #: Re-plans after a vanished file (each re-globs): the windows are milliseconds; the backoff sums to ~10 s
 #: (6 retries, ~0.6 s, ran out twice in a row in the full suite on 2026-12-01 while a writer rewrote units
-#: in a tight loop: DuckDB opens each file at bind and again at execution, so a busy reader sees more windows).
+#: in a tight loop; the cause of the longer windows there is not established).
 VANISHED_RETRIES = 10
 
 
