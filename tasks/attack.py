@@ -99,10 +99,10 @@ def run_attack_shard(payload: dict[str, Any], run: dict[str, Any], model: str, i
     if examples:
         allowed = set(schema_for("examples").names)
         rows = [{k: v for k, v in r.items() if k in allowed} for r in rows]
-    table = table_from_rows(unit.table, rows)
+    table = table_from_rows(unit.rows_table, rows)
     arrays = {k: np.concatenate(v) for k, v in parts.items() if v} or None
     seconds = time.perf_counter() - t0
-    store.write_shard(unit, {unit.table: table}, arrays, run_id=run["run_id"], seconds=seconds,
+    store.write_shard(unit, {unit.rows_table: table}, arrays, run_id=run["run_id"], seconds=seconds,
                       unit_key=unit_key(rc, unit))
     n_ok = sum(1 for r in rows if r.get("status") == "ok")
     n_success = sum(1 for r in rows if r.get("success"))

@@ -162,7 +162,7 @@ def test_shard_budget_exceeded_writes_nothing(tmp_path):
     with pytest.raises(BenchmarkFailed, match="budget") as ei:
         run_benchmark(rc, engine="inline")
     assert "\n" not in str(ei.value)
-    assert not list(tmp_path.rglob("samples/**/*.parquet")) and not list(tmp_path.rglob("*.npz"))
+    assert not list(tmp_path.rglob("evaluations/**/*.parquet")) and not list(tmp_path.rglob("*.npz"))
     assert ResultStore(tmp_path).completed_units(rc.config_hash) == set()
     row = run_sql(tmp_path, "SELECT status FROM runs").to_pylist()
     assert [r["status"] for r in row] == ["failed"]

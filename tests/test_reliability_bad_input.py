@@ -355,7 +355,7 @@ def _run_into_full_disk(tmp_path, monkeypatch, which: str):
     ENOSPC half-way; returns (config, results root, the BenchmarkFailed raised)."""
     import adv2core.store.writer as writer
 
-    marker = {"npz": ".npz.tmp-", "samples": "/samples/", "manifest": "/shards/"}[which]
+    marker = {"npz": ".npz.tmp-", "samples": "/stage=attack/", "manifest": "/shards/"}[which]
     state = {"hit": 0}
 
     def full_disk_open(file, mode="r", *args, **kwargs):

@@ -169,7 +169,7 @@ def sql_root(tmp_path_factory):
     shutil.copytree(base_root, root)
     outside = top / "outside"
     outside.mkdir()
-    some = next((root / "samples").rglob("*.parquet"))
+    some = next((root / "evaluations").rglob("*.parquet"))
     shutil.copy(some, outside / "secret.parquet")
     (outside / "secret.csv").write_text("a,b\n1,2\n")
     (root / "link.parquet").symlink_to(outside / "secret.parquet")
@@ -226,7 +226,7 @@ def test_adv2_sql_reads_inside_the_root(sql_root):
     assert res.exit_code == 0, res.stderr
     rc, base_root, _ = baseline()
     assert json.loads(res.stdout)["rows"] == [{"n": expected_counts(rc)["samples"]}]
-    some = next((root / "transfer").rglob("*.parquet"))
+    some = next((root / "evaluations").rglob("stage=transfer/*.parquet"))
     res = CliRunner().invoke(app, ["sql", f"SELECT count(*) AS n FROM read_parquet('{some}')", "--results",
                                    str(root), "--format", "csv"])
     assert res.exit_code == 0 and res.stdout.splitlines()[0] == "n", res.stderr

@@ -36,7 +36,7 @@ from adv2core.store import (
     table_from_rows,
 )
 from adv2core.store import layout, query, writer
-from adv2core.store.schemas import IOU_COLUMNS, conform_table
+from adv2core.store.schemas import IOU_COLUMNS, conform_table, to_evaluations
 
 CFG = "c0ffee12"
 
@@ -111,7 +111,7 @@ def store(tmp_path: Path) -> ResultStore:
 
 # ---------------------------------------------------------------------------- schemas
 def test_schemas_carry_version_metadata():
-    assert set(SCHEMAS) == {"runs", "samples", "examples", "benign", "transfer", "detections", "shards"}
+    assert set(SCHEMAS) == {"runs", "samples", "examples", "benign", "transfer", "evaluations", "detections", "shards"}
     for schema in SCHEMAS.values():
         assert schema.metadata == {b"schema_version": SCHEMA_VERSION.encode()}
     assert SCHEMAS["samples"].field("true_class").type == pa.int16()
@@ -187,11 +187,12 @@ def test_shard_bounds(shard, n):
 def test_paths_deterministic_and_unambiguous(tmp_path):
     u = ShardUnit(CFG, "attack", "res-net", "grad", "pgd", 3, 8)
     p = layout.table_path(tmp_path, u)
-    assert p == tmp_path / f"samples/config_hash={CFG}/model=res-net/interpreter=grad/attack=pgd/shard-00003-of-00008.parquet"
+    assert p == tmp_path / (f"evaluations/config_hash={CFG}/model=res-net/attack=pgd/source_interpreter=grad/stage=attack/"
+                            "shard-00003-of-00008.parquet")
     assert layout.table_path(tmp_path, u) == p
     t = ShardUnit(CFG, "transfer", "m", "cam", "adv2", 0, 2)
-    assert layout.table_path(tmp_path, t).relative_to(tmp_path).parts[:5] == (
-        "transfer", f"config_hash={CFG}", "model=m", "attack=adv2", "source_interpreter=cam")
+    assert layout.table_path(tmp_path, t).relative_to(tmp_path).parts[:6] == (
+        "evaluations", f"config_hash={CFG}", "model=m", "attack=adv2", "source_interpreter=cam", "stage=transfer")
     assert layout.arrays_path(tmp_path, u).suffix == ".npz"
     assert layout.arrays_path(tmp_path, u).relative_to(tmp_path).parts[0] == "arrays"
     # '-' is legal inside names, so the manifest name must not be ambiguous
@@ -224,6 +225,29 @@ def test_round_trip_write_query(store):
     shards = run_sql(store.root, "SELECT * FROM shards ORDER BY model, shard").to_pylist()
     assert [(r["model"], r["shard"], r["rows"], r["seconds"]) for r in shards] == [
         ("resnet50", 0, 4, 1.5), ("resnet50", 1, 4, 1.5), ("resnet50", 2, 4, 1.5), ("vgg16", 0, 4, 1.5)]
+
+
+def test_samples_and_transfer_are_views_over_one_stored_evaluations_table(store):
+    a = unit(0, 1, interp="cam", attack="adv2")
+    t = unit(0, 1, interp="cam", attack="adv2", stage="transfer")
+    write_attack_unit(store, a)
+    store.write_shard(t, {"transfer": transfer_rows(t)})
+    assert sorted(p.name for p in store.root.iterdir() if p.is_dir()) == ["arrays", "evaluations", "shards"]
+    got = run_sql(store.root, "SELECT stage, source_interpreter, eval_interpreter, count(*) AS n, count(status) AS s "
+                              "FROM evaluations GROUP BY ALL ORDER BY ALL").to_pylist()
+    assert got == [
+        {"stage": "attack", "source_interpreter": "cam", "eval_interpreter": "cam", "n": 4, "s": 4},
+        {"stage": "transfer", "source_interpreter": "cam", "eval_interpreter": "cam", "n": 3, "s": 0},
+        {"stage": "transfer", "source_interpreter": "cam", "eval_interpreter": "grad", "n": 3, "s": 0},
+    ]
+    samples = run_sql(store.root, "SELECT * FROM samples")
+    assert samples.column_names == SCHEMAS["samples"].names and samples.num_rows == 4
+    assert set(samples.column("interpreter").to_pylist()) == {"cam"}
+    transfer = run_sql(store.root, "SELECT * FROM transfer")
+    assert transfer.column_names == SCHEMAS["transfer"].names and transfer.num_rows == 6
+    stored = to_evaluations("transfer", table_from_rows("transfer", transfer_rows(t))).drop_columns(["stage"])
+    with pytest.raises(ValueError, match="evaluations.stage"):
+        conform_table("evaluations", stored.append_column("stage", pa.array(["bogus"] * stored.num_rows)))
 
 
 def test_transfer_and_runs_round_trip(store):
@@ -344,7 +368,7 @@ def test_stray_temp_file_is_ignored_by_queries_and_cleaned(store):
     old = time.time() - 7200
     os.utime(stray, (old, old))
     assert run_sql(store.root, "SELECT count(*) AS n FROM samples").column("n")[0].as_py() == 4
-    globbed = run_sql(store.root, f"SELECT file FROM glob('{store.root}/samples/**/*.parquet')").column("file")
+    globbed = run_sql(store.root, f"SELECT file FROM glob('{store.root}/evaluations/**/*.parquet')").column("file")
     assert [Path(f).name for f in globbed.to_pylist()] == [layout.table_path(store.root, u).name]
     assert store.cleanup_temp(older_than_s=3600) == [stray]
     assert young.exists() and not stray.exists() and store.is_complete(u)
@@ -401,7 +425,8 @@ def test_union_by_name_with_added_column(store):
     write_attack_unit(store, u0)
     # a newer producer adds a column: write it directly, as a future schema version would
     u1 = unit(1, 2)
-    newer = table_from_rows("samples", sample_rows(u1)).append_column("new_metric", pa.array([1.0, 2.0, 3.0, 4.0]))
+    newer = to_evaluations("samples", table_from_rows("samples", sample_rows(u1)))
+    newer = newer.append_column("new_metric", pa.array([1.0, 2.0, 3.0, 4.0]))
     path = layout.table_path(store.root, u1)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(newer, path)

@@ -87,11 +87,10 @@ def test_oom_split_gives_the_rows_of_the_unsplit_batch(model, test_batch, monkey
 
 
 def _samples(root: Path) -> list[dict]:
-    rows = [r for f in sorted(root.rglob("*.parquet")) if "samples" in f.parts or f.stem.startswith("samples")
-            for r in pq.read_table(f).to_pylist()]
-    assert rows, f"no samples rows under {root}"
+    rows = [r for f in sorted((root / "evaluations").rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert rows, f"no evaluations rows under {root}"
     return sorted(({k: v for k, v in r.items() if k not in VOLATILE} for r in rows),
-                  key=lambda r: (r["interpreter"], r["attack"], r["image_id"]))
+                  key=lambda r: (r["stage"], r["source_interpreter"], r["eval_interpreter"], r["attack"], r["image_id"]))
 
 
 def _run(root: Path) -> dict:

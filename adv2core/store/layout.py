@@ -8,13 +8,15 @@ Hive folders (``key=value``) that DuckDB turns into filterable columns; heavy ar
 ::
 
     <root>/runs/run_id=<id>.parquet
-    <root>/samples/config_hash=<h>/model=<m>/interpreter=<i>/attack=<a>/shard-00003-of-00008.parquet
+    <root>/evaluations/config_hash=<h>/model=<m>/attack=<a>/source_interpreter=<i>/stage=attack/shard-00003-of-00008.parquet
+    <root>/evaluations/config_hash=<h>/model=<m>/attack=<a>/source_interpreter=<i>/stage=transfer/shard-00003-of-00008.parquet
     <root>/benign/config_hash=<h>/model=<m>/interpreter=<i>/shard-00003-of-00008.parquet
     <root>/examples/config_hash=<h>/model=<m>/attack=<a>/shard-00003-of-00008.parquet
-    <root>/transfer/config_hash=<h>/model=<m>/attack=<a>/source_interpreter=<i>/shard-00003-of-00008.parquet
     <root>/detections/config_hash=<h>/model=<m>/detector=<d>/defence_hash=<dh>/shard-00000-of-00001.parquet
     <root>/arrays/config_hash=<h>/stage=<s>/model=<m>/interpreter=<i>/attack=<a>/shard-00003-of-00008.npz
     <root>/shards/config_hash=<h>/<stage>+<m>+<i>+<a>+shard-00003-of-00008.parquet
+
+``samples`` and ``transfer`` are not folders: they are SQL views over ``evaluations`` (adv2core.store.query).
 """
 
 from __future__ import annotations
@@ -28,18 +30,20 @@ from adv2core.store.schemas import STAGES
 _COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
 MAX_SHARDS = 99_999  # five digits in the file name
 
-# Which Parquet table a stage writes, and the Hive partition columns of each table (in folder order).
-STAGE_TABLE = {"benign": "benign", "examples": "examples", "attack": "samples", "transfer": "transfer", "defence": "detections"}
+# Which stored Parquet table a stage writes, the shape (table or view) its rows are handed in, and the Hive
+# partition columns of each stored table (in folder order).
+STAGE_TABLE = {"benign": "benign", "examples": "examples", "attack": "evaluations", "transfer": "evaluations",
+               "defence": "detections"}
+STAGE_ROWS = {**STAGE_TABLE, "attack": "samples", "transfer": "transfer"}
 PARTITIONS: dict[str, tuple[str, ...]] = {
-    "samples": ("config_hash", "model", "interpreter", "attack"),
+    "evaluations": ("config_hash", "model", "attack", "source_interpreter", "stage"),
     "examples": ("config_hash", "model", "attack"),
     "benign": ("config_hash", "model", "interpreter"),
-    "transfer": ("config_hash", "model", "attack", "source_interpreter"),
     "detections": ("config_hash", "model", "detector", "defence_hash"),
     "shards": ("config_hash",),
     "runs": (),
 }
-TABLE_DIRS = ("runs", "samples", "examples", "benign", "transfer", "detections", "shards")
+TABLE_DIRS = ("runs", "evaluations", "examples", "benign", "detections", "shards")  # stored tables
 #: The interpreter field of an ``examples`` unit (its attack does not use one).
 NO_INTERPRETER = "none"
 #: The attack field of a ``benign`` unit (benign maps belong to no attack).
@@ -97,8 +101,14 @@ class ShardUnit:
 
     @property
     def table(self) -> str:
-        """The Parquet table this unit's rows go to (examples, samples, transfer or detections)."""
+        """The stored Parquet table this unit's rows go to (benign, examples, evaluations or detections)."""
         return STAGE_TABLE[self.stage]
+
+    @property
+    def rows_table(self) -> str:
+        """The table or view whose shape the unit's rows are handed in (``samples``/``transfer`` for the
+        attack/transfer stages, which store them in ``evaluations``; else :attr:`table`)."""
+        return STAGE_ROWS[self.stage]
 
     @property
     def shard_name(self) -> str:
@@ -114,8 +124,7 @@ class ShardUnit:
             return vals
         if self.stage == "benign":
             return {"config_hash": self.config_hash, "model": self.model, "interpreter": self.interpreter}
-        vals["source_interpreter" if self.stage == "transfer" else "interpreter"] = self.interpreter
-        return vals
+        return {**vals, "source_interpreter": self.interpreter, "stage": self.stage}  # evaluations
 
 
 def shard_name(shard: int, num_shards: int) -> str:
@@ -129,7 +138,7 @@ def table_dir(root: Path, table: str) -> Path:
 
 
 def table_path(root: Path, unit: ShardUnit) -> Path:
-    """The Parquet file holding the rows of ``unit`` (samples or transfer)."""
+    """The Parquet file holding the rows of ``unit``."""
     vals = unit.partition_values()
     d = table_dir(root, unit.table)
     for col in PARTITIONS[unit.table]:

@@ -1,7 +1,8 @@
 """Read-only SQL over the results store (DuckDB views over the Parquet shards).
 
-``connect(root)`` gives an in-memory DuckDB connection with the views ``runs``, ``samples``, ``examples``,
-``benign``, ``transfer``, ``detections`` (the defence stage's scores and flags) and ``shards``, then locks it down: file access only below the (resolved) results root
+``connect(root)`` gives an in-memory DuckDB connection with views over the stored tables ``runs``,
+``evaluations``, ``examples``, ``benign``, ``detections`` (the defence stage's scores and flags) and ``shards``,
+plus ``samples`` and ``transfer`` (projections of ``evaluations``), then locks it down: file access only below the (resolved) results root
 (``allowed_directories`` + ``enable_external_access=false``), no spill directory, no extension
 install/load, and ``lock_configuration=true`` so user SQL cannot undo any of it. ``run_sql`` also
 refuses every statement that is not a read, using DuckDB's own parser (statement types and the
@@ -24,9 +25,9 @@ import pyarrow as pa
 from adv2core.errors import ReportError
 from adv2core.store.errors import QueryError, SqlRefused, StoreError
 from adv2core.store.layout import TABLE_DIRS
-from adv2core.store.schemas import SCHEMAS
+from adv2core.store.schemas import SCHEMAS, VIEW_STAGE
 
-VIEWS = TABLE_DIRS  # runs, samples, examples, benign, transfer, detections, shards
+VIEWS = (*TABLE_DIRS, *VIEW_STAGE)  # the stored tables, then samples and transfer (views over evaluations)
 
 # Table functions a user query may call. Anything else (including functions added by a DuckDB upgrade)
 # is refused until someone classifies it; tests/test_store.py checks every installed one is classified.
@@ -114,6 +115,15 @@ def _view_source(root: Path, table: str) -> str:
     return f"SELECT {cols} WHERE false"
 
 
+def _derived_view(view: str) -> str:
+    """``samples`` / ``transfer``: the view's columns (in its schema's order) over the stored evaluations, then
+    any column a newer writer added (``union_by_name`` keeps such files readable)."""
+    cols = ", ".join("source_interpreter AS interpreter" if f.name == "interpreter" and view == "samples"
+                     else f.name for f in SCHEMAS[view])
+    known = ", ".join(SCHEMAS["evaluations"].names)
+    return f"SELECT {cols}, * EXCLUDE ({known}) FROM evaluations WHERE stage = {_lit(VIEW_STAGE[view])}"
+
+
 def connect(root: str | Path, *, locked: bool = True) -> duckdb.DuckDBPyConnection:
     """In-memory DuckDB with the store's views; ``locked`` (default) restricts it to reading the root.
 
@@ -123,8 +133,10 @@ def connect(root: str | Path, *, locked: bool = True) -> duckdb.DuckDBPyConnecti
     con = duckdb.connect(":memory:")
     try:
         con.execute("SET TimeZone = 'UTC'")
-        for table in VIEWS:
+        for table in TABLE_DIRS:
             con.execute(f"CREATE VIEW {table} AS {_view_source(r, table)}")
+        for view in VIEW_STAGE:
+            con.execute(f"CREATE VIEW {view} AS {_derived_view(view)}")
         if locked:
             con.execute("SET temp_directory = ''")  # otherwise '<cwd>/.tmp' is silently allowed too
             con.execute("SET autoinstall_known_extensions = false")

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"  # 3: samples and transfer became views over one stored evaluations table
 _META = {b"schema_version": SCHEMA_VERSION.encode()}
 
 # Metric column names for the IoU of the top-k% pixels, k in percent.
@@ -141,6 +141,27 @@ TRANSFER = _schema(
     ]
 )
 
+# The one stored evaluation table: every adversarial example under an interpreter, from both stages that
+# measure maps. ``stage='attack'`` rows are the white-box evaluation of an attack unit (model, interpreter
+# i, attack): the example attacked through i (or, for an interpreter-free attack, computed once per model
+# and shard) measured under i against the attack's reference map, so ``source_interpreter =
+# eval_interpreter = i``. ``stage='transfer'`` rows are the cross-evaluation of the examples of source i
+# under every interpreter j against j's benign map. The views ``samples`` (stage attack, ``interpreter`` =
+# source_interpreter) and ``transfer`` (stage transfer) are projections of it (adv2core.store.query);
+# writers hand rows in the view's shape and :func:`to_evaluations` widens them.
+EVALUATIONS = _schema(
+    [f for f in _SAMPLE_KEYS if f.name not in ("interpreter", "status")]
+    + [
+        _req("source_interpreter", pa.string()),
+        _req("eval_interpreter", pa.string()),
+        _req("stage", pa.string()),
+        _opt("status", pa.string()),  # samples rows: ok|failed|error|excluded; transfer rows: null
+    ]
+    + [f for f in SAMPLES if f.name not in {k.name for k in _SAMPLE_KEYS}]
+)
+#: The stored rows behind each view: view name -> the ``stage`` value of its rows.
+VIEW_STAGE = {"samples": "attack", "transfer": "transfer"}
+
 # One row per (detector variant, model, role, source attack x attacked interpreter, image): the stage's
 # score and its flag at the threshold calibrated on the 'calibration' rows (adv2core.defences.stage).
 DETECTIONS = _schema(
@@ -196,12 +217,13 @@ SHARDS = _schema(
 )
 
 SCHEMAS: dict[str, pa.Schema] = {"runs": RUNS, "samples": SAMPLES, "examples": EXAMPLES, "benign": BENIGN, "transfer": TRANSFER,
-                                 "detections": DETECTIONS, "shards": SHARDS}
+                                 "evaluations": EVALUATIONS, "detections": DETECTIONS, "shards": SHARDS}
 
 # Columns whose values must come from a fixed vocabulary.
 _ENUMS: dict[tuple[str, str], tuple[str, ...]] = {
     ("samples", "status"): SAMPLE_STATUSES,
     ("examples", "status"): SAMPLE_STATUSES,
+    ("evaluations", "stage"): tuple(VIEW_STAGE.values()),
     ("shards", "stage"): STAGES,
     ("detections", "role"): DETECTION_ROLES,
 }
@@ -288,3 +310,18 @@ def conform_table(table_name: str, table: pa.Table) -> pa.Table:
     _check_nulls(table_name, out, schema)
     _check_enums(table_name, out)
     return out
+
+
+def to_evaluations(view: str, table: pa.Table) -> pa.Table:
+    """Rows in the shape of view ``samples`` or ``transfer`` (already conformed to it) as stored
+    ``evaluations`` rows: ``samples.interpreter`` becomes both source and eval interpreter; the columns a
+    view lacks are null."""
+    if view not in VIEW_STAGE:
+        raise ValueError(f"{view!r} is not a view over evaluations; expected one of {sorted(VIEW_STAGE)}")
+    n = table.num_rows
+    if view == "samples":
+        interp = table.column("interpreter")
+        table = table.drop_columns(["interpreter"]).append_column("source_interpreter", interp)
+        table = table.append_column("eval_interpreter", interp)
+    table = table.append_column("stage", pa.array([VIEW_STAGE[view]] * n, pa.string()))
+    return conform_table("evaluations", table)

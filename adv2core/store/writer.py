@@ -34,7 +34,7 @@ from adv2core.store import layout
 from adv2core.store.arrays import npz_bytes
 from adv2core.store.errors import StoreError
 from adv2core.store.layout import ShardUnit
-from adv2core.store.schemas import SCHEMA_VERSION, conform_table, table_from_rows
+from adv2core.store.schemas import SCHEMA_VERSION, conform_table, table_from_rows, to_evaluations
 
 COMPRESSION = "zstd"
 
@@ -116,20 +116,24 @@ class ResultStore:
         unit_key: str | None = None,
         refused: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """Write one unit's table (``samples``/``transfer``/``detections`` for stage attack/transfer/defence; an
-        Arrow table or row dicts), its optional arrays, and finally its manifest row, which is returned.
+        """Write one unit's rows (keyed by :attr:`ShardUnit.rows_table`: ``samples``/``transfer``/``detections``
+        for stage attack/transfer/defence; an Arrow table or row dicts), its optional arrays, and finally its
+        manifest row, which is returned. Rows of the attack and transfer stages are validated in their view's
+        shape and stored as ``evaluations`` rows (:func:`~adv2core.store.schemas.to_evaluations`).
 
         ``run_id`` defaults to the single run id found in the rows; ``unit_key`` (the unit's dependency key,
         :mod:`adv2core.config.unitkeys`) goes into the manifest so a later config can copy it; ``refused`` (the
         interpreters refused for the unit's model at preparation, which its rows lack) too, as a JSON list. Raises StoreError (one line)
         on a bad table or a failed write; ValueError-type problems in the rows become StoreError too.
         """
-        want = unit.table
+        want = unit.rows_table
         if set(tables) != {want}:
             raise StoreError(f"stage {unit.stage!r} writes exactly the table {want!r}, got {sorted(tables)}")
         try:
             given = tables[want]
             table = table_from_rows(want, given) if isinstance(given, list) else conform_table(want, given)
+            if want != unit.table:
+                table = to_evaluations(want, table)
         except ValueError as exc:
             raise StoreError(f"{unit.shard_name} of {unit.model}/{unit.interpreter}/{unit.attack}: {exc}") from None
         self._check_rows_match_unit(unit, table)
