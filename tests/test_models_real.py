@@ -345,3 +345,18 @@ def test_grad_uses_the_models_twin_width(squeezenet, effnet, photos):
     print(f"near-knee share: squeezenet {paper:.2e} at tau 1e-4, {own:.2e} at {squeezenet.twin_tau}; "
           f"efficientnet-lite0 {bn:.2e} at 1e-4")
     assert paper < bn / 5 and own > bn / 5, (paper, own, bn)
+
+
+@pytest.mark.parametrize("which", ["effnet", "squeezenet"])
+def test_lid_features_cover_the_real_models_stages(which, request, photos):
+    """LID's default feature list must name modules that run in the forward pass, one output each: the
+    real-preset defence run failed on efficientnet-lite0, whose backbone's only child is the whole library
+    model (its classifier modules never run in extract_features)."""
+    from adv2core.defences.lid import feature_modules, layer_features
+
+    model = request.getfixturevalue(which)
+    mods = feature_modules(model)
+    feats = layer_features(model, photos.images[:2], mods)
+    assert len(feats) == len(mods) + 1 and len(mods) >= 10  # every stage, then the logits
+    assert all(f.shape[0] == 2 and f.shape[1] > 0 and torch.isfinite(f).all() for f in feats)
+    assert feats[-1].shape[1] == 1000

@@ -7,7 +7,9 @@ plus the logits (``include_logits``). Default list, generic for any ``nn.Module`
 For the project's models that gives: resnet-mini 7 stages (conv, bn, relu, one per residual block);
 torchvision ResNet-50 20 (conv1, bn1, relu, maxpool and the 16 bottlenecks, the spec's list);
 densenet-mini conv0, norm0, relu0, each dense block, each transition, norm5 and the final ReLU.
-``LIDConfig.layers`` names modules explicitly instead (``model.get_submodule`` names). Outputs are
+A model may name its own stages instead (``Classifier.lid_layers``: efficientnet-lite0 lists its stem, its
+16 MBConv blocks and its head, because its backbone's only child is the whole library model);
+``LIDConfig.layers`` names modules explicitly over both (``model.get_submodule`` names). Outputs are
 copied in the hook, because a following in-place ReLU would overwrite them.
 
 Estimate. For a query x and a reference minibatch B of benign images (Euclidean distances r_1 <= ... <= r_k
@@ -53,6 +55,7 @@ from adv2core.metrics.quantize import quantize_uint8
 
 def feature_modules(model: nn.Module, layers: tuple[str, ...] | list[str] | None = None) -> list[tuple[str, nn.Module]]:
     """The (name, module) pairs whose outputs are LID features (see the module docstring)."""
+    layers = layers if layers is not None else getattr(model, "lid_layers", None)
     if layers is not None:
         out = []
         for name in layers:

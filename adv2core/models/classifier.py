@@ -60,6 +60,7 @@ class Classifier(nn.Module):
         input_scale: float = 1.0,
         class_names: Sequence[str] | None = None,
         twin_tau: float | None = None,
+        lid_layers: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if head not in HEAD_KINDS:
@@ -84,6 +85,9 @@ class Classifier(nn.Module):
         #: Width of the smooth-ReLU twin used by the Grad attack (adv2core/models/surrogate.py) for this
         #: model, when its pre-activations are not on the unit scale that the paper's tau = 1e-4 assumes.
         self.twin_tau = None if twin_tau is None else float(twin_tau)
+        #: Submodule names (``get_submodule``) whose outputs are LID's features for this model, when the generic
+        #: rule of adv2core/defences/lid.py (the children of ``backbone``) does not see its stages.
+        self.lid_layers = None if lid_layers is None else tuple(lid_layers)
         scale = float(input_scale)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).div(scale).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).div(scale).view(1, -1, 1, 1))

@@ -97,8 +97,12 @@ def efficientnet_lite0(weights: str | Path | None = "imagenet") -> Classifier:
         except RuntimeError as exc:
             raise CheckpointError(f"weights do not fit efficientnet-lite0: {str(exc).strip().splitlines()[0]}") from None
     fc = net._fc
+    # LID features: the stages extract_features runs, in order (the wrapper's only child is the whole library
+    # model, whose classifier modules never run there, and its shared ReLU6 runs twice per pass).
+    lid = ("_conv_stem", "_bn0", *(f"_blocks.{i}" for i in range(len(net._blocks))), "_conv_head", "_bn1")
     return Classifier("efficientnet-lite0", _EfficientNetFeatures(net), fc, (127.0, 127.0, 127.0), (128.0, 128.0, 128.0),
-                      224, "efficientnet", input_scale=255.0, class_names=imagenet_class_names())
+                      224, "efficientnet", input_scale=255.0, class_names=imagenet_class_names(),
+                      lid_layers=[f"backbone.net.{n}" for n in lid])
 
 
 # ---------------------------------------------------------------------------------------- SqueezeNet
