@@ -196,7 +196,8 @@ def register(app: typer.Typer) -> None:
     @app.command("sql")
     @user_errors
     def sql(
-        query: str = typer.Argument(..., help="SQL over the views runs, samples, transfer, evaluations, benign, examples, detections, shards (read-only)."),
+        query: str = typer.Argument(..., help="SQL over the views runs, samples, transfer, evaluations, benign, "
+                                               "examples, detections, shards (read-only)."),
         format: str = typer.Option("table", "--format", help="table | csv | json."),
         results: Optional[Path] = typer.Option(None, help="Results root (default <data root>/results)."),
     ) -> None:
