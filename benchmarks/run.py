@@ -155,8 +155,8 @@ def _gpu_note(device: str) -> list[str]:
         return [f"Measured on {torch.cuda.get_device_name()}: the tables above are the GPU figures."]
     return ["No GPU was available to this run: the tables above are CPU figures. On a GPU host run "
             "`python benchmarks/run.py --device cuda --out BENCHMARKS-gpu.md`: the same script measures "
-            "s/image, efficiency and the paper projection on that GPU (the device tool of the development "
-            "sessions had no GPU time left when this report was generated)."]
+            "s/image, efficiency and the paper projection on that GPU (no GPU figures exist yet: the "
+            "development sessions' device tool lent no GPU to this work when this report was generated)."]
 
 
 def main(argv: list[str] | None = None) -> int:
