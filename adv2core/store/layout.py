@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from adv2core.store.schemas import STAGES
+from adv2core.store.schemas import STAGES, VIEW_STAGE
 
 _COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
 MAX_SHARDS = 99_999  # five digits in the file name
@@ -34,7 +34,7 @@ MAX_SHARDS = 99_999  # five digits in the file name
 # partition columns of each stored table (in folder order).
 STAGE_TABLE = {"benign": "benign", "examples": "examples", "attack": "evaluations", "transfer": "evaluations",
                "defence": "detections"}
-STAGE_ROWS = {**STAGE_TABLE, "attack": "samples", "transfer": "transfer"}
+STAGE_ROWS = {**STAGE_TABLE, **{stage: view for view, stage in VIEW_STAGE.items()}}  # attack: samples, ...
 PARTITIONS: dict[str, tuple[str, ...]] = {
     "evaluations": ("config_hash", "model", "attack", "source_interpreter", "stage"),
     "examples": ("config_hash", "model", "attack"),
