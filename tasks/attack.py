@@ -112,6 +112,10 @@ def run_attack_shard(payload: dict[str, Any], run: dict[str, Any], model: str, i
 
 #: Arrays stored per attack shard (one entry per attacked image, in row order of the ok/failed rows).
 ARRAY_KEYS = ("image_id", "index", "true_class", "target_class", "success", "perturbation", "benign_maps", "adv_maps")
+#: The adversarial maps are kept at full precision: the cross-evaluation measures them again instead of
+#: recomputing them (its diagonal, and every interpreter's map of PGD examples), and a float16 copy would
+#: make those rows differ from the white-box rows measured on the same maps.
+ADV_MAP_DTYPE = np.float32
 #: Arrays of an ``examples`` unit: no maps (they belong to an interpreter).
 EXAMPLE_ARRAY_KEYS = ARRAY_KEYS[:6]
 
@@ -129,7 +133,7 @@ def _collect_arrays(parts: dict[str, list[np.ndarray]], batch: Any, res: Any, ce
     parts["perturbation"].append(to_numpy(res.perturbation_int16, np.int16))
     if "benign_maps" in parts:
         parts["benign_maps"].append(to_numpy(res.benign_maps, np.float16))
-        parts["adv_maps"].append(to_numpy(res.adv_maps, np.float16))
+        parts["adv_maps"].append(to_numpy(res.adv_maps, ADV_MAP_DTYPE))
 
 
 attack_shard = stage_task(run_attack_shard, "attack-shard", "attack-{model}-{interpreter}-{attack}-{shard}")

@@ -51,7 +51,7 @@ def evaluate_examples_shard(rc: ResolvedConfig, run: dict[str, Any], unit: Shard
     """Write the ``samples`` rows and arrays of ``unit`` from its stored examples (no attack runs here)."""
     from adv2core.bench.evaluate import evaluate_examples
     from adv2core.metrics import apply_int16_perturbation
-    from tasks.attack import ARRAY_KEYS, attack_config
+    from tasks.attack import ADV_MAP_DTYPE, ARRAY_KEYS, attack_config
     from tasks.benign import StoredBenign, benign_unit
 
     src = examples_unit(rc, unit.model, unit.attack, unit.shard)
@@ -100,7 +100,7 @@ def evaluate_examples_shard(rc: ResolvedConfig, run: dict[str, Any], unit: Shard
         for k in ARRAY_KEYS[:6]:
             parts[k].append(arrs[k][sel])
         parts["benign_maps"].append(to_numpy(ev.benign_maps, np.float16))
-        parts["adv_maps"].append(to_numpy(ev.adv_maps, np.float16))
+        parts["adv_maps"].append(to_numpy(ev.adv_maps, ADV_MAP_DTYPE))
     deadline.check()
     table = table_from_rows("samples", rows)
     arrays = {k: np.concatenate(v) for k, v in parts.items() if v} or None

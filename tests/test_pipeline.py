@@ -320,3 +320,40 @@ def test_pgd_once_per_shard_and_benign_maps_once_per_interpreter_with_two_interp
     label = dict(zip(every.ids, every.labels.tolist()))
     benign = [(name, i) for name, i, c in explained if c == label[i]]  # PGD's targets differ from the labels
     assert sorted(benign) == sorted({(name, i) for name in ("grad", "cam") for i in attacked})  # each once
+
+
+def test_transfer_measures_the_attack_stages_maps_instead_of_recomputing_them(smoke, monkeypatch):
+    """The cross-evaluation reads the maps the attack stage already computed for the same examples (the
+    diagonal j = i, and every j for PGD, whose examples all interpreters share) and explains only the rest;
+    a forced rewrite of a transfer shard makes exactly those calls and stores the same rows."""
+    from tasks import worker
+    from tasks.transfer import run_transfer_shard
+
+    rc, root, summary = smoke
+    names = list(rc.bench.interpreters.names)
+    cols = "source_interpreter, eval_interpreter, attack, image_id, l1, l2, iou_mean, success"
+    sql = f"SELECT {cols} FROM transfer WHERE config_hash = ? AND shard = 0 ORDER BY ALL"
+    before = run_sql(root, sql, [rc.config_hash]).to_pylist()
+    assert before and {r["attack"] for r in before} == {"pgd", "adv2"}
+    calls: list[str] = []
+    for it in worker.get_interpreters(rc, "resnet-mini", names, "cpu").values():
+        cls = type(it)
+
+        def counting(self, x, target, *, ids=None, _orig=cls.explain):
+            calls.append(self.name)
+            return _orig(self, x, target, ids=ids)
+
+        monkeypatch.setattr(cls, "explain", counting)
+    run = {"run_id": summary["run_id"], "code_version": "test"}
+    out = run_transfer_shard(rc.to_payload(), run, "resnet-mini", 0, force=True)
+    assert out["status"] == "done" and out["units"] == len(names) * len(rc.cross_eval_attacks)
+    # only ADV²-i's examples under j != i are new maps: one batched call per such pair, none for PGD
+    assert sorted(calls) == sorted(j for i in names for j in names if j != i)
+    assert run_sql(root, sql, [rc.config_hash]).to_pylist() == before
+    # the diagonal is the white-box measurement itself (here the target map is the benign map)
+    diag = run_sql(root, "SELECT t.l1 AS t1, s.l1 AS s1, t.iou_mean AS ti, s.iou_mean AS si FROM transfer t "
+                         "JOIN samples s ON s.config_hash = t.config_hash AND s.model = t.model AND s.attack = "
+                         "t.attack AND s.image_id = t.image_id AND s.interpreter = t.source_interpreter "
+                         "WHERE t.config_hash = ? AND t.eval_interpreter = t.source_interpreter AND s.status = 'ok'",
+                   [rc.config_hash]).to_pylist()
+    assert diag and all(r["t1"] == r["s1"] and r["ti"] == r["si"] for r in diag)

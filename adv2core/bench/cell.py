@@ -264,10 +264,13 @@ def cross_evaluate(
     *,
     benign_maps: Mapping[str, torch.Tensor] | None = None,
     maps_out: dict[str, torch.Tensor] | None = None,
+    adv_maps: Mapping[str, torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """Transfer entries (spec 3.3/4): for every eval interpreter j, j's map of x_adv_q for c_t versus
     j's benign map of x for y. ``benign_maps`` may carry precomputed benign maps by name; ``maps_out``
-    receives j's adversarial maps by name (the pipeline stores them for the ensemble defence)."""
+    receives j's adversarial maps by name (the pipeline stores them for the ensemble defence); ``adv_maps``
+    may carry j's maps of exactly these examples where the attack stage already computed them (the
+    diagonal j = i, and every j for an interpreter-free attack), which are then measured, not recomputed."""
     ids = list(ids)
     rows: list[dict[str, Any]] = []
     for name, interp in interpreters.items():
@@ -275,7 +278,8 @@ def cross_evaluate(
         if ben is None:
             ben = interp.explain(x, y, ids=ids)
         # the same measurement as the white-box rows (map_metrics), with the benign map as reference
-        adv, metrics = map_metrics(interp, x_adv_q, y_t, ids, ben, ben, None)
+        adv, metrics = map_metrics(interp, x_adv_q, y_t, ids, ben, ben, None,
+                                   adv=adv_maps.get(name) if adv_maps else None)
         if maps_out is not None:
             maps_out[name] = adv
         cols = {k: metrics[k] for k in TRANSFER_KEYS[2:]}  # no localisation columns (no masks here)

@@ -73,9 +73,14 @@ def map_metrics(
     benign: torch.Tensor,
     m_t: torch.Tensor,
     masks: torch.Tensor | None,
+    adv: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, list[float | None]]]:
-    """The adversarial maps of ``x_q`` for ``y_t`` and the :data:`MAP_KEYS` columns against ``m_t``."""
-    adv = interpreter.explain(x_q, y_t, ids=list(ids))
+    """The adversarial maps of ``x_q`` for ``y_t`` and the :data:`MAP_KEYS` columns against ``m_t``.
+
+    ``adv``: those maps when an earlier stage already computed them (the same examples, interpreter and
+    ids), so they are measured, not explained again."""
+    if adv is None:
+        adv = interpreter.explain(x_q, y_t, ids=list(ids))
     sal_adv, sal_ref = interpreter.saliency(adv), interpreter.saliency(m_t)
     iou = iou_curve(sal_adv, sal_ref, DEFAULT_KS)
     n = x_q.shape[0]
