@@ -256,3 +256,19 @@ def test_aid_cache_key_follows_the_aid_settings_and_the_base_recipe(model, small
     assert a != aid_checkpoint_path(model, _aid_cfg(sep_weight=2.0), small_data_cfg, None)
     assert a != aid_checkpoint_path(model, _aid_cfg().model_copy(update={"area_coeff": 4.5}), small_data_cfg, None)
     assert a.name.startswith("rts-aid-resnet-mini-")
+
+
+def test_aid_on_a_model_it_cannot_train_is_a_gate_refusal_with_one_line(model):
+    """rts-aid for a non-embedded model without a checkpoint is refused (GateError, so `on_refused: skip` in
+    the real preset reports it and goes on), not a configuration error that ends the run."""
+    import copy
+
+    from adv2core.gates import GateError
+    from adv2core.interpreters.aid import load_or_train_aid_masker
+
+    other = copy.deepcopy(model)
+    other.name = "my-imagenet-net"
+    with pytest.raises(GateError) as e:
+        load_or_train_aid_masker(other, _aid_cfg(), train_if_missing=True)
+    msg = str(e.value)
+    assert "\n" not in msg and "my-imagenet-net" in msg and "checkpoint=PATH" in msg

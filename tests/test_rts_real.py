@@ -174,3 +174,23 @@ def test_squeezenet_mask_depends_on_the_requested_class():
         gate_open = masker.decode(feats, torch.full((4,), 1), cfg.model_confidence)[0]
         gate_shut = masker.decode(feats, torch.full((4,), 2), cfg.model_confidence)[0]
     assert float((gate_open - gate_shut).abs().mean()) > 1e-3
+
+
+@pytest.mark.parametrize("gap, se, passed", [(0.0017, 0.004, False), (0.013, 0.008, False), (0.03, 0.01, True),
+                                             (-0.03, 0.0, False)])
+def test_real_quality_bar_needs_a_significant_deletion_gap(monkeypatch, gap, se, passed):
+    """drop_true > drop_wrong alone passed a 3-iteration efficientnet-lite0 masker (0.2180 vs 0.2163): the
+    per-photo gap must exceed SELECTIVITY_Z standard errors; everything else about the masker is fine here."""
+    import adv2core.gates as gates
+    from adv2core.interpreters import rts_real
+
+    monkeypatch.setattr(gates, "predictions", lambda model, images: torch.arange(len(images)))
+    monkeypatch.setattr(gates, "check_interpreter", lambda *a, **k: {"status": "ok", "reason": None,
+                                                                    "constant_fraction": 0.0})
+    monkeypatch.setattr(rts_real, "selectivity_report", lambda *a, **k: {
+        "drop_true": 0.3 + gap, "drop_wrong": 0.3, "mask_true": 0.5, "mask_wrong": 0.5, "map_diff": 0.05,
+        "drop_gap": gap, "drop_gap_se": se})
+    rts = type("R", (), {"model": None})()
+    q = rts_real.real_quality("efficientnet-lite0", rts, torch.zeros(4, 3, 8, 8), torch.arange(4), list("abcd"),
+                              RTSConfig())
+    assert q["quality_passed"] is passed and q["sel_drop_gap_se"] == se

@@ -164,8 +164,11 @@ def load_or_train_aid_masker(
         load_masker_state(masker, load_state_dict_file(Path(checkpoint)), str(checkpoint))
         return masker, Path(checkpoint)
     if not model.name.endswith("-mini"):
-        raise CheckpointError(f"rts-aid for {model.name} needs a masking-model checkpoint (checkpoint=PATH); "
-                              "only the embedded models are trained locally")
+        # a refusal, not a broken config: under gates.on_refused=skip (the real preset) the run goes on and
+        # reports rts-aid as refused with this line, as it does for an RTS masker below its quality bar
+        raise GateError(f"rts-aid for {model.name}: AID training is built for the embedded models only (its "
+                        "check that the hardened masker still localises needs object masks); pass an "
+                        "AID-trained masking model with checkpoint=PATH")
     if encoder_model is None:
         encoder_model = resolve_encoder_model(model.name, model, data_cfg, cfg.base(), train_if_missing=train_if_missing)
     path = aid_checkpoint_path(model, cfg, data_cfg, encoder_model)
