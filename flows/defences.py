@@ -24,6 +24,8 @@ class DefencePlan:
     units: list[ShardUnit] = field(default_factory=list)
     pending: list[ShardUnit] = field(default_factory=list)
     forced: frozenset = frozenset()
+    #: model -> interpreters refused at preparation: its defence units read only the others
+    skip: dict = field(default_factory=dict)
 
     @property
     def skipped(self) -> int:
@@ -63,7 +65,8 @@ def run_defence_stage(rc: ResolvedConfig, payload: dict[str, Any], run: dict[str
                              "error": "skipped: an attack shard it needs failed"})
             tracker.advance(_info(u), False)
             continue
-        futs[engine.submit(defence_task, payload, run, u.model, u.interpreter, u in plan.forced, gpu=True)] = u
+        futs[engine.submit(defence_task, payload, run, u.model, u.interpreter, u in plan.forced,
+                           sorted(plan.skip.get(u.model, ())), gpu=True)] = u
     for fut in engine.as_completed(list(futs)):
         u = futs[fut]
         ok, val = engine.outcome(fut)

@@ -171,8 +171,10 @@ def drop_refused(rc: ResolvedConfig, plan: Plan, refused: dict[str, dict[str, st
 
     Per model, its refused interpreters lose their benign and attack units (stored ones too: they are no
     longer counted), examples units only they needed, and their transfer units (as sources; the transfer
-    task is told not to evaluate under them either, :meth:`Plan.skip_for`); the model's defence units are
-    dropped as well (they read every interpreter). A (model, shard) cross-evaluation is pending only if
+    task is told not to evaluate under them either, :meth:`Plan.skip_for`); the model's defence units read
+    only its kept interpreters, and its ensemble unit is dropped when fewer than two are kept (there is no
+    disagreement to score); a stored defence unit counts as complete only when it was written under exactly
+    this model's refusals. A (model, shard) cross-evaluation is pending only if
     a unit of a kept source is missing — a stored transfer unit written while interpreters were refused
     (:attr:`Plan.provisional`) counts as complete only when this run refuses at least those for its model
     (it has no rows of the others) — so a rerun that refuses again recomputes nothing."""
@@ -200,8 +202,13 @@ def drop_refused(rc: ResolvedConfig, plan: Plan, refused: dict[str, dict[str, st
                              if any(u not in done for u in transfer_units(rc, *g) if kept(u))]
     plan.skipped_transfer = len(plan.transfer_groups) - len(plan.pending_transfer)
     d = plan.defence
-    plan.defence = DefencePlan([u for u in d.units if u.model not in refused],
-                               [u for u in d.pending if u.model not in refused], d.forced)
+    n_kept = {m: sum(1 for n in rc.bench.interpreters.names if n not in refused.get(m, {}))
+              for m in rc.bench.models.names}
+    units = [u for u in d.units if not (u.interpreter == "ensemble" and n_kept[u.model] < 2)]
+    exact = {u for u, r in plan.provisional.items()
+             if u.stage == "defence" and r == frozenset(refused.get(u.model, {})) and u not in d.forced}
+    pending = [u for u in units if u in d.pending and u not in exact]
+    plan.defence = DefencePlan(units, pending, d.forced, {m: sorted(r) for m, r in refused.items()})
 
 
 def _stale_units(rc: ResolvedConfig, store: ResultStore, ds: Any, complete: set[ShardUnit]) -> set[ShardUnit]:

@@ -10,7 +10,7 @@ run's selection, scores everything through :mod:`adv2core.defences.stage` and wr
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 
 from adv2core.config import ResolvedConfig, derive_seed
@@ -47,15 +47,19 @@ def defence_hashes(rc: ResolvedConfig) -> dict[str, str]:
 
 
 def run_defence_unit(payload: dict[str, Any], run: dict[str, Any], model: str, detector: str,
-                     force: bool = False) -> dict[str, Any]:
-    """Body of the defence task: calibrate ``detector`` for ``model``, score every shard, write the rows."""
+                     force: bool = False, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """Body of the defence task: calibrate ``detector`` for ``model``, score every shard, write the rows.
+
+    ``skip``: interpreters refused for ``model`` at preparation (``gates.on_refused=skip``): their attack
+    units do not exist and the ensemble does not use them; the unit records them in its manifest."""
     from adv2core.bench.cell import select_population
     from adv2core.defences import stage
 
     rc = worker.start_task(payload)
     unit = next(u for u in defence_units(rc) if u.model == model and u.interpreter == detector)
     store = ResultStore(rc.results_root)
-    if not force and store.is_complete(unit):
+    if (not force and store.is_complete(unit)
+            and store.recorded_refusals(rc.config_hash).get(unit, frozenset()) == frozenset(skip)):
         return unit_summary(unit, "skipped")
     t0 = time.perf_counter()
     deadline = Deadline(rc.bench.pipeline.shard_budget_s, f"defence {detector} of {model}")
@@ -63,7 +67,7 @@ def run_defence_unit(payload: dict[str, Any], run: dict[str, Any], model: str, d
     ds = worker.get_dataset(rc)
     settings = rc.bench.defence_settings
     model_obj = worker.get_model(rc, model, device)
-    names = rc.bench.interpreters.names
+    names = [n for n in rc.bench.interpreters.names if n not in skip]
     bs = rc.bench.attacks.batch_size
     seed = derive_seed(rc.bench.seed, "defence", model, detector)
 
@@ -99,7 +103,7 @@ def run_defence_unit(payload: dict[str, Any], run: dict[str, Any], model: str, d
     table = table_from_rows("detections", [{**r, **base} for r in rows])
     seconds = time.perf_counter() - t0
     store.write_shard(unit, {"detections": table}, None, run_id=run["run_id"], seconds=seconds,
-                      unit_key=unit_key(rc, unit))
+                      unit_key=unit_key(rc, unit), refused=skip)
     return unit_summary(unit, "done", rows=len(rows), seconds=round(seconds, 3), device=worker.device_label(device))
 
 

@@ -162,3 +162,35 @@ def test_report_never_shows_a_number_for_a_refused_cell():
                                                              caption="m / ADV²: L1")])
     assert apply_refusals(matrix, refusals).blocks[0].rows == [["CAM", "0.1", "refused", "4"],
                                                                ["RTS", "refused", "refused", "refused"]]
+
+
+def test_defences_run_over_the_kept_interpreters_and_rerun_when_the_refusals_change(tmp_path, cam_fails_to_train,
+                                                                                      monkeypatch):
+    """With CAM refused, FS still scores Grad's examples (the unit records the refusal); the ensemble, which
+    needs two interpreters, is left out. A rerun with the same refusal recomputes nothing; one without it
+    rewrites the FS unit (its rows lacked CAM's examples) and adds the ensemble."""
+    extra = ["gates.on_refused=skip", "attacks.names=[pgd]", "attacks.overrides.pgd.alpha=0.0314",
+             "defences=[fs, ensemble]", "defence_settings.calibration_images=12",
+             "defence_settings.fs.combinations=[bit5]"]
+    rc = _smoke(tmp_path, *extra)
+    summary = run_benchmark(rc, engine="inline")
+    assert summary["status"] == "completed" and not summary["failures"]
+    assert summary["plan"]["defence_units"] == 1  # fs only: one interpreter left, no ensemble
+    det = _rows(rc, "SELECT detector, interpreter, count(*) AS n FROM detections WHERE config_hash = ? "
+                    "AND role = 'adversarial' GROUP BY ALL")
+    assert det and {(r["detector"], r["interpreter"]) for r in det} == {("fs", "grad")}
+
+    again = run_benchmark(rc, engine="inline")
+    assert again["computed"] == 0 and again["plan"]["pending_defence"] == 0
+
+    monkeypatch.undo()  # CAM builds again: nothing refused
+    from tasks import worker
+
+    worker.clear_caches()
+    third = run_benchmark(rc, engine="inline")
+    assert third["status"] == "completed" and not third["failures"] and not third.get("refused")
+    assert third["plan"]["pending_defence"] == 2
+    det = _rows(rc, "SELECT DISTINCT detector, interpreter FROM detections WHERE config_hash = ? "
+                    "AND role = 'adversarial'")
+    assert {(r["detector"], r["interpreter"]) for r in det} == {(d, i) for d in ("fs", "ensemble")
+                                                                for i in ("grad", "cam")}

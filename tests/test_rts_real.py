@@ -194,3 +194,14 @@ def test_real_quality_bar_needs_a_significant_deletion_gap(monkeypatch, gap, se,
     q = rts_real.real_quality("efficientnet-lite0", rts, torch.zeros(4, 3, 8, 8), torch.arange(4), list("abcd"),
                               RTSConfig())
     assert q["quality_passed"] is passed and q["sel_drop_gap_se"] == se
+
+
+def test_real_masker_cache_key_follows_the_quality_bar(monkeypatch, tmp_path):
+    """A masker cached under a weaker bar (the plain drop_true > drop_wrong of before) is not loaded as good."""
+    from adv2core.interpreters import rts_real
+
+    monkeypatch.setenv("ADV2_DATA", str(tmp_path))
+    model = _squeezenet().eval()
+    a = rts_real.real_checkpoint_path("squeezenet1_1", model, RTSConfig(), "pool")
+    monkeypatch.setattr(rts_real, "SELECTIVITY_Z", 1.0)
+    assert rts_real.real_checkpoint_path("squeezenet1_1", model, RTSConfig(), "pool") != a

@@ -52,13 +52,14 @@ def real_pool(input_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str], s
 
 
 def real_checkpoint_path(classifier_name: str, classifier: Classifier, rts_cfg: RTSConfig, content: str) -> Path:
-    """``checkpoints/rts-<classifier>-<key>.pt`` keyed by (classifier weights, photo pool, recipe)."""
+    """``checkpoints/rts-<classifier>-<key>.pt`` keyed by (classifier weights, photo pool, recipe, quality
+    bar): a masker cached under an earlier, weaker bar is never loaded as good; it is trained and judged again."""
     from adv2core.interpreters.rts_training import classifier_fingerprint
     from adv2core.models.checkpoint import stable_hash
     from adv2core.paths import cache_dir
 
     key = stable_hash("rts", classifier_name, classifier_fingerprint(classifier), REAL_POOL, content,
-                      rts_cfg.training_key())
+                      rts_cfg.training_key(), f"selectivity-z{SELECTIVITY_Z:g}")
     return cache_dir("checkpoints") / f"rts-{classifier_name}-{key}.pt"
 
 
