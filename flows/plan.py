@@ -207,7 +207,9 @@ def drop_refused(rc: ResolvedConfig, plan: Plan, refused: dict[str, dict[str, st
     units = [u for u in d.units if not (u.interpreter == "ensemble" and n_kept[u.model] < 2)]
     exact = {u for u, r in plan.provisional.items()
              if u.stage == "defence" and r == frozenset(refused.get(u.model, {})) and u not in d.forced}
-    pending = [u for u in units if u in d.pending and u not in exact]
+    # up to date = written under exactly this model's refusals (a unit stored without any, for a model that
+    # refuses one now, scored with that interpreter's maps: rewritten)
+    pending = [u for u in units if not (u in exact or (u not in d.pending and u.model not in refused))]
     plan.defence = DefencePlan(units, pending, d.forced, {m: sorted(r) for m, r in refused.items()})
 
 
