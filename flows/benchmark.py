@@ -71,7 +71,7 @@ def orchestrate(rc: ResolvedConfig, run: dict[str, Any], engine: Any, tracker: T
         run_attack_graph(rc, payload, run, engine, tracker, plan, ready, record.failures, done_status,
                          record.devices)
         run_defence_stage(rc, payload, run, engine, tracker, plan.defence, plan.attack_units, ready,
-                          record.failures, done_status)
+                          record.failures, done_status, plan.refused)
 
         record.count(plan, done_status, t0)
         status = "completed" if not record.failures else "failed"

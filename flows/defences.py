@@ -12,7 +12,7 @@ plan found its model's attack units stale.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from adv2core.config import ResolvedConfig
 from adv2core.errors import one_line
@@ -24,8 +24,6 @@ class DefencePlan:
     units: list[ShardUnit] = field(default_factory=list)
     pending: list[ShardUnit] = field(default_factory=list)
     forced: frozenset = frozenset()
-    #: model -> interpreters refused at preparation: its defence units read only the others
-    skip: dict = field(default_factory=dict)
 
     @property
     def skipped(self) -> int:
@@ -50,8 +48,10 @@ def _info(u: ShardUnit) -> dict[str, Any]:
 
 def run_defence_stage(rc: ResolvedConfig, payload: dict[str, Any], run: dict[str, Any], engine: Any, tracker: Any,
                       plan: DefencePlan, attack_units: list[ShardUnit], ready: set[str],
-                      failures: list[dict[str, Any]], done_status: list[str | None]) -> None:
-    """Submit every pending defence unit whose model's attack units are all complete; collect the results."""
+                      failures: list[dict[str, Any]], done_status: list[str | None],
+                      refused: Mapping[str, Any] | None = None) -> None:
+    """Submit every pending defence unit whose model's attack units are all complete; collect the results.
+    ``refused``: model -> interpreters refused at preparation (the units read only the others)."""
     if not plan.pending:
         return
     from tasks.defences import defence_task
@@ -66,7 +66,7 @@ def run_defence_stage(rc: ResolvedConfig, payload: dict[str, Any], run: dict[str
             tracker.advance(_info(u), False)
             continue
         futs[engine.submit(defence_task, payload, run, u.model, u.interpreter, u in plan.forced,
-                           sorted(plan.skip.get(u.model, ())), gpu=True)] = u
+                           sorted((refused or {}).get(u.model, ())), gpu=True)] = u
     for fut in engine.as_completed(list(futs)):
         u = futs[fut]
         ok, val = engine.outcome(fut)

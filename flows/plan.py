@@ -210,7 +210,7 @@ def drop_refused(rc: ResolvedConfig, plan: Plan, refused: dict[str, dict[str, st
     # up to date = written under exactly this model's refusals (a unit stored without any, for a model that
     # refuses one now, scored with that interpreter's maps: rewritten)
     pending = [u for u in units if not (u in exact or (u not in d.pending and u.model not in refused))]
-    plan.defence = DefencePlan(units, pending, d.forced, {m: sorted(r) for m, r in refused.items()})
+    plan.defence = DefencePlan(units, pending, d.forced)
 
 
 def _stale_units(rc: ResolvedConfig, store: ResultStore, ds: Any, complete: set[ShardUnit]) -> set[ShardUnit]:

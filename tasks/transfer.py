@@ -23,7 +23,7 @@ from adv2core.config import ResolvedConfig
 from adv2core.config.unitkeys import unit_keys
 from adv2core.errors import Adv2Error
 from adv2core.store import ResultStore, ShardUnit, table_from_rows
-from adv2core.store.arrays import read_arrays
+from adv2core.store.arrays import examples_digest, read_arrays
 from adv2core.store.layout import arrays_path
 from tasks import worker
 from tasks.benign import StoredBenign, benign_unit
@@ -112,7 +112,8 @@ def run_transfer_shard(payload: dict[str, Any], run: dict[str, Any], model: str,
                 key = tuple(ids)
                 if key not in benign_cache:  # every source of the shard attacked the same images
                     benign_cache[key] = {n: _benign(stored[n], it, x, y, ids, device) for n, it in interps.items()}
-                digest = _digest(ids, arrs["perturbation"], arrs["target_class"])
+                digest = examples_digest(ids, arrs["perturbation"], arrs["target_class"])
+                white_box.setdefault((unit.interpreter, unit.attack), _white_box_entry(arrs, digest))
                 if digest not in rows_cache:
                     maps: dict[str, torch.Tensor] = {}
                     measured = _white_box_maps(store, rc, model, shard, unit.attack, list(interps), digest,
@@ -139,6 +140,18 @@ def _benign(stored: Any, interp: Any, x: torch.Tensor, y: torch.Tensor, ids: lis
     return maps if maps is not None else interp.explain(x, y, ids=ids)
 
 
+def _white_box_entry(arrs: dict[str, Any], digest: str | None = None) -> tuple[str, Any] | None:
+    """(examples digest, adversarial maps) of an attack unit's arrays; None unless its maps are full
+    precision and finite (anything else is recomputed)."""
+    from tasks.attack import ADV_MAP_DTYPE
+
+    m = arrs.get("adv_maps")
+    if m is None or m.dtype != ADV_MAP_DTYPE or not len(m) or not np.isfinite(m).all():
+        return None
+    ids = [str(i) for i in arrs["image_id"]]
+    return digest or examples_digest(ids, arrs["perturbation"], arrs["target_class"]), m
+
+
 def _white_box_maps(store: ResultStore, rc: ResolvedConfig, model: str, shard: int, attack: str,
                     names: list[str], digest: str, cache: dict[tuple[str, str], tuple[str, Any] | None],
                     device: Any) -> dict[str, torch.Tensor]:
@@ -147,34 +160,18 @@ def _white_box_maps(store: ResultStore, rc: ResolvedConfig, model: str, shard: i
     The attack unit (model, j, attack) holds j's maps of exactly these examples when its stored
     perturbations, targets and ids are these: for an interpreter-free attack (PGD) that is every j, for
     ADV²-i only j = i. Those maps are measured again rather than recomputed (a MASK map costs about a
-    second per image on a CPU). Only full-precision, finite maps are taken; anything else is recomputed."""
-    from tasks.attack import ADV_MAP_DTYPE
-
+    second per image on a CPU)."""
     out: dict[str, torch.Tensor] = {}
     for j in names:
         if (j, attack) not in cache:
             wb = ShardUnit(rc.config_hash, "attack", model, j, attack, shard, rc.num_shards)
             path = arrays_path(store.root, wb)
-            entry = None
-            if store.is_complete(wb) and path.is_file():
-                a = read_arrays(path)
-                m = a.get("adv_maps")
-                if m is not None and m.dtype == ADV_MAP_DTYPE and len(m) and np.isfinite(m).all():
-                    entry = (_digest([str(i) for i in a["image_id"]], a["perturbation"], a["target_class"]), m)
-            cache[(j, attack)] = entry
+            cache[(j, attack)] = (_white_box_entry(read_arrays(path))
+                                  if store.is_complete(wb) and path.is_file() else None)
         entry = cache[(j, attack)]
         if entry is not None and entry[0] == digest:
             out[j] = torch.from_numpy(entry[1]).to(device)
     return out
-
-
-def _digest(ids: list[str], perturbation: Any, targets: Any) -> str:
-    import hashlib
-
-    h = hashlib.sha256("\x00".join(ids).encode())
-    h.update(np.ascontiguousarray(perturbation).tobytes())
-    h.update(np.ascontiguousarray(targets, dtype=np.int64).tobytes())
-    return h.hexdigest()
 
 
 transfer_shard = stage_task(run_transfer_shard, "transfer-shard", "transfer-{model}-{shard}")

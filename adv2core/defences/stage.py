@@ -39,6 +39,7 @@ import torch
 from adv2core.defences.calibrate import check_disjoint, threshold_at_fpr
 from adv2core.defences.config import DefenceSettings
 from adv2core.errors import ConfigError, DataError
+from adv2core.store.arrays import examples_digest
 
 NONE = "none"  # attack / interpreter of a non-adversarial row
 Scorer = Callable[["InputSet"], dict[str, torch.Tensor]]  # variant -> [N] scores
@@ -79,13 +80,6 @@ def fit_split(n: int, fraction: float) -> int:
     if n < 5:
         raise ConfigError(f"LID needs >= 5 usable calibration images (3 to fit, 2 to threshold), got {n}")
     return min(max(k, 3), n - 2)
-
-
-def digest(ids: Sequence[str], perturbation: np.ndarray, targets: np.ndarray) -> str:
-    h = hashlib.sha256("\x00".join(ids).encode())
-    h.update(np.ascontiguousarray(perturbation).tobytes())
-    h.update(np.ascontiguousarray(targets, dtype=np.int64).tobytes())
-    return h.hexdigest()
 
 
 @dataclass
@@ -167,7 +161,7 @@ def shard_inputs(root: Path, config_hash: str, model: str, interpreters: Sequenc
             delta = torch.as_tensor(arrs["perturbation"][ok]).to(device)
             x_adv = apply_int16_perturbation(benign.x[torch.as_tensor(ok, device=device)], delta)
             y_t = torch.as_tensor(arrs["target_class"][ok]).to(device)
-            inp = InputSet(sel, x_adv, y_t, key=digest(sel, arrs["perturbation"][ok], arrs["target_class"][ok]))
+            inp = InputSet(sel, x_adv, y_t, key=examples_digest(sel, arrs["perturbation"][ok], arrs["target_class"][ok]))
             if "adv_maps" in arrs:
                 inp.maps[interp] = _maps(arrs, "adv_maps", ok, device)
             tpath = arrays_path(root, ShardUnit(config_hash, "transfer", model, interp, attack, shard, num_shards))

@@ -67,3 +67,14 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """Load every array of one shard's ``.npz`` (no pickle)."""
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+def examples_digest(ids, perturbation: np.ndarray, targets: np.ndarray) -> str:
+    """Identity of a set of stored adversarial examples: their ids, exact int16 perturbations and targets.
+    Two units with the same digest hold the same examples (PGD's, shared by every interpreter)."""
+    import hashlib
+
+    h = hashlib.sha256("\x00".join(ids).encode())
+    h.update(np.ascontiguousarray(perturbation).tobytes())
+    h.update(np.ascontiguousarray(targets, dtype=np.int64).tobytes())
+    return h.hexdigest()
