@@ -3,7 +3,8 @@
 Why per model and not per shard: see :mod:`adv2core.defences.stage` (one calibration and one threshold
 per model and detector; the shards are streamed inside the task). The task loads the model, the run's
 interpreters and the dataset by name (:mod:`tasks.worker`), draws the calibration images that follow the
-run's selection, scores everything through :mod:`adv2core.defences.stage` and writes the unit's
+run's selection (or cross-fits over the evaluated images: ``defence_settings.cross_fit_folds``,
+:mod:`adv2core.defences.crossfit`), scores everything through :mod:`adv2core.defences.stage` and writes the unit's
 ``detections`` rows through the results store (atomic, manifest last: resumable like the other stages).
 """
 
@@ -71,22 +72,6 @@ def run_defence_unit(payload: dict[str, Any], run: dict[str, Any], model: str, d
     bs = rc.bench.attacks.batch_size
     seed = derive_seed(rc.bench.seed, "defence", model, detector)
 
-    n_sel = len(worker.selected_indices(rc, len(ds)))
-    cal_batch, _ = select_population(model_obj, ds.load(stage.calibration_indices(n_sel, len(ds),
-                                                                                  settings.calibration_images)),
-                                     rc.bench.data.population)
-    cal = stage.InputSet(list(cal_batch.ids), cal_batch.images.to(device), cal_batch.labels.long().to(device))
-    fit_rows: list[dict[str, Any]] = []
-    if detector == "fs":
-        scorer = stage.fs_scorer(model_obj, settings)
-    elif detector == "ensemble":
-        scorer = stage.ensemble_scorer(worker.get_interpreters(rc, model, names, device), settings, bs)
-    else:
-        k = stage.fit_split(len(cal.ids), settings.lid_fit_fraction)
-        fit = stage.InputSet(cal.ids[:k], cal.x[:k], cal.cls[:k])
-        cal = stage.InputSet(cal.ids[k:], cal.x[k:], cal.cls[k:])
-        make_adv = stage.pgd_examples(model_obj, lid_pgd_config(rc), seed, bs)
-        scorer, fit_rows = stage.lid_scorer(model_obj, settings, fit, make_adv)
 
     def shards() -> Iterator[stage.ShardInputs]:
         attacks = rc.bench.attacks.names
@@ -95,7 +80,40 @@ def run_defence_unit(payload: dict[str, Any], run: dict[str, Any], model: str, d
             yield stage.shard_inputs(store.root, rc.config_hash, model, names, attacks, s, rc.num_shards,
                                      ds.load, device)
 
-    rows = stage.score_model(scorer, cal, shards(), settings.calibration.fpr, fit_rows)
+    def scorer_of(fit: stage.InputSet | None) -> tuple[stage.Scorer, list[dict[str, Any]]]:
+        if detector == "fs":
+            return stage.fs_scorer(model_obj, settings), []
+        if detector == "ensemble":
+            return stage.ensemble_scorer(worker.get_interpreters(rc, model, names, device), settings, bs), []
+        assert fit is not None
+        return stage.lid_scorer(model_obj, settings, fit, make_adv)
+
+    make_adv = stage.pgd_examples(model_obj, lid_pgd_config(rc), seed, bs)
+    if settings.cross_fit_folds:  # calibration on the other folds of the evaluated images (crossfit module)
+        from adv2core.defences import crossfit
+
+        if detector == "lid":
+            make_adv = crossfit.per_image(make_adv)
+
+            def make(benign: stage.InputSet, train: Any) -> tuple[stage.Scorer, list[dict[str, Any]], Any]:
+                k = stage.fit_split(len(train), settings.lid_fit_fraction)
+                return (*scorer_of(crossfit.take(benign, train[:k])), train[k:])
+        else:
+            make = crossfit.fixed(scorer_of(None)[0])
+        rows = crossfit.score_model_crossfit(make, shards(), settings.cross_fit_folds, settings.calibration.fpr,
+                                             seed)
+    else:
+        n_sel = len(worker.selected_indices(rc, len(ds)))
+        cal_batch, _ = select_population(model_obj, ds.load(stage.calibration_indices(
+            n_sel, len(ds), settings.calibration_images)), rc.bench.data.population)
+        cal = stage.InputSet(list(cal_batch.ids), cal_batch.images.to(device), cal_batch.labels.long().to(device))
+        fit = None
+        if detector == "lid":
+            k = stage.fit_split(len(cal.ids), settings.lid_fit_fraction)
+            fit = stage.InputSet(cal.ids[:k], cal.x[:k], cal.cls[:k])
+            cal = stage.InputSet(cal.ids[k:], cal.x[k:], cal.cls[k:])
+        scorer, fit_rows = scorer_of(fit)
+        rows = stage.score_model(scorer, cal, shards(), settings.calibration.fpr, fit_rows)
     deadline.check()
     base = {"run_id": run["run_id"], "config_hash": rc.config_hash, "code_version": run["code_version"],
             "seed": int(rc.bench.seed), "dataset": rc.bench.data.dataset, "model": model, "detector": detector,

@@ -169,7 +169,7 @@ def test_defences_run_over_the_kept_interpreters_and_rerun_when_the_refusals_cha
     """With CAM refused, FS still scores Grad's examples (the unit records the refusal); the ensemble, which
     needs two interpreters, is left out. A rerun with the same refusal recomputes nothing; one without it
     rewrites the FS unit (its rows lacked CAM's examples) and adds the ensemble."""
-    extra = ["gates.on_refused=skip", "attacks.names=[pgd]", "attacks.overrides.pgd.alpha=0.0314",
+    extra = ["gates.on_refused=skip", "attacks.names=[pgd]", "attacks.step_cap=20", "attacks.overrides.pgd.alpha=0.0078",
              "defences=[fs, ensemble]", "defence_settings.calibration_images=12",
              "defence_settings.fs.combinations=[bit5]"]
     rc = _smoke(tmp_path, *extra)

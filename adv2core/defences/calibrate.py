@@ -121,3 +121,59 @@ def evaluate_detector(
         detection_rate=det[0], detection_rate_lo=det[1], detection_rate_hi=det[2], n_detected=det[3],
         n_adversarial=det[4], auc=auc, roc_fpr=rf.tolist(), roc_tpr=rt.tolist(),
     )
+
+
+@dataclass
+class FoldData:
+    """One fold's stored scores: its calibration images, and the benign / adversarial inputs it flags."""
+
+    calibration_scores: Any
+    calibration_ids: Sequence[str]
+    benign_scores: Any
+    benign_ids: Sequence[str]
+    adv_scores: Any
+    adv_ids: Sequence[str]
+
+
+def evaluate_folds(folds: Sequence[FoldData], cfg: CalibrationConfig | None = None) -> DetectionResult:
+    """Cross-fitted evaluation (:mod:`adv2core.defences.crossfit`): each fold is thresholded on its own
+    calibration images (disjoint from that fold's evaluated ones: checked per fold), flags are counted over
+    all folds (Wilson CIs on the pooled counts), and the ROC AUC is taken over the pooled scores. The
+    reported threshold is the median of the folds', ``n_calibration`` the smallest fold's calibration set.
+    One fold is exactly :func:`evaluate_detector`."""
+    cfg = cfg or CalibrationConfig()
+    if len(folds) == 1:
+        f = folds[0]
+        return evaluate_detector(f.calibration_scores, f.calibration_ids, f.benign_scores, f.benign_ids,
+                                 f.adv_scores, f.adv_ids, cfg)
+    if not folds:
+        raise ConfigError("evaluate_folds: no folds")
+    thr, n_cal, cal_flags, b_all, a_all, b_flags, a_flags = [], [], [], [], [], [], []
+    for f in folds:
+        cal = _finite(f.calibration_scores, "calibration")
+        b = to_numpy(f.benign_scores).reshape(-1)
+        a = to_numpy(f.adv_scores).reshape(-1)
+        for ids, scores, what in ((f.calibration_ids, cal, "calibration"), (f.benign_ids, b, "benign"),
+                                  (f.adv_ids, a, "adversarial")):
+            if len(ids) != scores.size:
+                raise ConfigError(f"{what}: {len(ids)} ids for {scores.size} scores")
+        check_disjoint(f.calibration_ids, list(f.benign_ids) + list(f.adv_ids))
+        t = threshold_at_fpr(cal, cfg.fpr)
+        thr.append(t)
+        n_cal.append(cal.size)
+        cal_flags.append(cal > t)
+        b_all.append(b)
+        a_all.append(a)
+        b_flags.append(b > t)
+        a_flags.append(a > t)
+    b, a = _finite(np.concatenate(b_all), "benign"), _finite(np.concatenate(a_all), "adversarial")
+    bf = rate_with_ci(np.concatenate(b_flags), cfg.alpha)
+    det = rate_with_ci(np.concatenate(a_flags), cfg.alpha)
+    auc, rf, rt, _ = roc(b, a)
+    return DetectionResult(
+        threshold=float(np.median(thr)), target_fpr=cfg.fpr, n_calibration=int(min(n_cal)),
+        calibration_fpr=float(np.concatenate(cal_flags).mean()),
+        benign_fpr=bf[0], benign_fpr_lo=bf[1], benign_fpr_hi=bf[2], n_benign=bf[4],
+        detection_rate=det[0], detection_rate_lo=det[1], detection_rate_hi=det[2], n_detected=det[3],
+        n_adversarial=det[4], auc=auc, roc_fpr=rf.tolist(), roc_tpr=rt.tolist(),
+    )

@@ -105,6 +105,11 @@ class DefenceSettings(_Frozen):
         100, ge=4, description="benign images drawn right after the run's selected ones (same split; fewer when "
                                "the split ends first); LID fits on the first lid_fit_fraction of them, thresholds "
                                "use the rest")
+    cross_fit_folds: int | None = Field(
+        None, ge=2, description="None: calibrate on the calibration_images that follow the run's selection. K: "
+                                "K-fold cross-fitting over the evaluated benign images themselves, for splits too "
+                                "small to hold a disjoint calibration set (imagenet-samples): each image's flags "
+                                "come from a threshold (and, for LID, a fit) computed on the other K - 1 folds only")
     lid_fit_fraction: float = Field(0.5, gt=0, lt=1, description="share of the calibration images LID is fitted on")
     lid_pgd_steps: int | None = Field(
         None, gt=0, description="PGD steps of LID's adversarial fit examples (None: the attack preset's PGD steps)")

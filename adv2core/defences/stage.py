@@ -57,6 +57,8 @@ def detector_hash(detector: str, settings: DefenceSettings, pgd: Mapping[str, An
         "calibration_images": settings.calibration_images,
         "settings": getattr(settings, detector).model_dump(mode="json"),
     }
+    if settings.cross_fit_folds is not None:  # only when set: the hashes of stored disjoint-mode rows stay valid
+        blob["cross_fit_folds"] = settings.cross_fit_folds
     if detector == "lid":
         blob["lid_fit_fraction"] = settings.lid_fit_fraction
         blob["pgd"] = dict(pgd or {})

@@ -36,7 +36,7 @@ from adv2core.report.rendering import (
 )
 
 DETECTOR_NAMES = {"ensemble": "Ensemble", "fs": "FS", "lid": "LID"}
-COLUMNS = ["model", "detector", "variant", "attack", "interpreter", "target_fpr", "threshold", "n_calibration",
+COLUMNS = ["model", "detector", "variant", "attack", "interpreter", "target_fpr", "threshold", "n_calibration", "folds",
            "n_benign", "benign_fpr", "benign_fpr_lo", "benign_fpr_hi", "n_adversarial", "n_detected",
            "detection_rate", "detection_rate_lo", "detection_rate_hi", "auc"]
 
@@ -56,9 +56,13 @@ def detector_label(detector: str, variant: str) -> str:
 
 def _query(con: Any, config_hash: str, hashes: Sequence[str]) -> list[dict[str, Any]]:
     marks = ", ".join("?" for _ in hashes)
+    # rows written before cross-fitting existed have no fold column: one calibration set (fold -1)
+    has_fold = "fold" in {r[0] for r in con.execute("DESCRIBE detections").fetchall()}
+    fold = "coalesce(fold, -1)" if has_fold else "-1"
     cur = con.execute(
         f"""
-        SELECT model, detector, variant, role, attack, interpreter, any_value(target_fpr)::DOUBLE AS fpr,
+        SELECT model, detector, variant, {fold} AS fold, role, attack, interpreter,
+               any_value(target_fpr)::DOUBLE AS fpr,
                list(image_id ORDER BY image_id) AS ids, list(score::DOUBLE ORDER BY image_id) AS scores
         FROM detections
         WHERE config_hash = ? AND defence_hash IN ({marks}) AND role <> 'fit'
@@ -68,20 +72,29 @@ def _query(con: Any, config_hash: str, hashes: Sequence[str]) -> list[dict[str, 
     return [dict(zip(names, r)) for r in cur.fetchall()]
 
 
+_EMPTY = {"ids": [], "scores": []}
+
+
 def _record(model: str, detector: str, variant: str, attack: str, interp: str, fpr: float,
-            cal: dict[str, Any], benign: dict[str, Any], adv: dict[str, Any] | None) -> dict[str, Any]:
-    from adv2core.defences.calibrate import evaluate_detector
+            folds: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One table row: the (attack, interpreter) source evaluated over every fold of the detector variant
+    (one fold, -1, unless the stage cross-fitted its calibration)."""
+    from adv2core.defences.calibrate import FoldData, evaluate_folds
     from adv2core.defences.config import CalibrationConfig
 
     rec: dict[str, Any] = {"model": model, "detector": detector, "variant": variant, "attack": attack,
-                           "interpreter": interp, "target_fpr": fpr}
-    if adv is None or not adv["ids"] or not benign["ids"]:
+                           "interpreter": interp, "target_fpr": fpr, "folds": len(folds) if -1 not in folds else 1}
+    data = [FoldData(np.asarray(g["calibration"]["scores"], np.float32), g["calibration"]["ids"],
+                     np.asarray((g.get("benign") or _EMPTY)["scores"], np.float32), (g.get("benign") or _EMPTY)["ids"],
+                     np.asarray(g["adv"].get((attack, interp), _EMPTY)["scores"], np.float32),
+                     g["adv"].get((attack, interp), _EMPTY)["ids"])
+            for _, g in sorted(folds.items())]
+    if not sum(len(d.adv_ids) for d in data) or not sum(len(d.benign_ids) for d in data):
         rec.update({k: math.nan for k in COLUMNS if k not in rec}, n_adversarial=0, n_detected=0,
-                   n_calibration=len(cal["ids"]), n_benign=len(benign["ids"]), roc_fpr=[], roc_tpr=[])
+                   n_calibration=min(len(d.calibration_ids) for d in data),
+                   n_benign=sum(len(d.benign_ids) for d in data), roc_fpr=[], roc_tpr=[])
         return rec
-    res = evaluate_detector(np.asarray(cal["scores"], np.float32), cal["ids"], np.asarray(benign["scores"], np.float32),
-                            benign["ids"], np.asarray(adv["scores"], np.float32), adv["ids"],
-                            CalibrationConfig(fpr=fpr))
+    res = evaluate_folds(data, CalibrationConfig(fpr=fpr))
     rec.update(res.as_row(), roc_fpr=res.roc_fpr, roc_tpr=res.roc_tpr)
     rec.pop("calibration_fpr", None)
     return rec
@@ -92,28 +105,31 @@ def detection_table(con: Any, config_hash: str, run: dict[str, Any], marks: Mark
     hashes = run_defence_hashes(run)
     if not hashes:
         return None
-    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    groups: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = {}
     for r in _query(con, config_hash, sorted(hashes.values())):
-        g = groups.setdefault((r["model"], r["detector"], r["variant"]), {"adv": {}, "fpr": r["fpr"]})
+        g = groups.setdefault((r["model"], r["detector"], r["variant"]), {}).setdefault(
+            int(r["fold"]), {"adv": {}, "fpr": r["fpr"]})
         if r["role"] == "adversarial":
             g["adv"][(r["attack"], r["interpreter"])] = r
         else:
             g[r["role"]] = r
     records: list[dict[str, Any]] = []
-    for (model, det, variant), g in sorted(groups.items()):
-        if "calibration" not in g:
+    for (model, det, variant), folds in sorted(groups.items()):
+        if any("calibration" not in g for g in folds.values()):
             continue
-        benign = g.get("benign") or {"ids": [], "scores": []}
-        # an interpreter-free attack (PGD, StAdv) has the same examples and scores under every interpreter:
-        # one row, interpreter 'none' (the first interpreter's rows)
-        adv: dict[tuple[str, str], dict[str, Any]] = {}
-        for (attack, interp), row in sorted(g["adv"].items(), key=lambda kv: (attack_key(kv[0][0]), interpreter_key(kv[0][1]))):
-            adv.setdefault((attack, NO_SOURCE) if interpreter_free(attack) else (attack, interp), row)
-        g["adv"] = adv
-        cells = set(adv) or {(DASH, DASH)}
-        for attack, interp in sorted(cells, key=lambda c: (attack_key(c[0]), interpreter_key(c[1]))):
-            records.append(_record(model, det, variant, attack, interp, g["fpr"], g["calibration"], benign,
-                                   g["adv"].get((attack, interp))))
+        cells: set[tuple[str, str]] = set()
+        for g in folds.values():
+            # an interpreter-free attack (PGD, StAdv) has the same examples and scores under every interpreter:
+            # one row, interpreter 'none' (the first interpreter's rows)
+            adv: dict[tuple[str, str], dict[str, Any]] = {}
+            for (attack, interp), row in sorted(g["adv"].items(),
+                                                key=lambda kv: (attack_key(kv[0][0]), interpreter_key(kv[0][1]))):
+                adv.setdefault((attack, NO_SOURCE) if interpreter_free(attack) else (attack, interp), row)
+            g["adv"] = adv
+            cells |= set(adv)
+        fpr = next(iter(folds.values()))["fpr"]
+        for attack, interp in sorted(cells or {(DASH, DASH)}, key=lambda c: (attack_key(c[0]), interpreter_key(c[1]))):
+            records.append(_record(model, det, variant, attack, interp, fpr, folds))
     blocks = []
     for model in sorted({r["model"] for r in records}):
         rows = []
@@ -122,7 +138,8 @@ def detection_table(con: Any, config_hash: str, run: dict[str, Any], marks: Mark
             cells = [str(r["n_adversarial"]),
                      fmt_ci(r["detection_rate"], r["detection_rate_lo"], r["detection_rate_hi"], fmt_pct),
                      fmt_ci(r["benign_fpr"], r["benign_fpr_lo"], r["benign_fpr_hi"], fmt_pct),
-                     fmt_num(r["auc"]), fmt_num(r["threshold"], 4), str(r["n_calibration"])]
+                     fmt_num(r["auc"]), fmt_num(r["threshold"], 4),
+                     str(r["n_calibration"]) + (f" ×{r['folds']} folds" if r["folds"] > 1 else "")]
             label = interpreter_name(r["interpreter"]) + (" (degenerate)" if bad else "")
             rows.append([detector_label(r["detector"], r["variant"]), attack_name(r["attack"]), label]
                         + ([strike(c) for c in cells] if bad else cells))
@@ -136,7 +153,10 @@ def detection_table(con: Any, config_hash: str, run: dict[str, Any], marks: Mark
         note=f"Detected = share of the successful adversarial examples flagged at the threshold that flags "
              f"{fpr_text} of the benign calibration images (disjoint from the evaluated ones), Wilson 95 % CI; "
              f"benign FPR = share of the evaluated benign images flagged; ROC AUC of evaluated benign vs "
-             f"adversarial scores; Interp. = the attacked interpreter; n cal. = calibration images.",
+             f"adversarial scores; Interp. = the attacked interpreter; n cal. = calibration images"
+             + ("; cross-fitted (×K folds): each image is flagged at the threshold of the other K - 1 folds of the "
+                "evaluated images, Threshold = the folds' median, n cal. = the smallest fold's calibration set, "
+                "AUC over the pooled scores" if any(r["folds"] > 1 for r in records) else "") + ".",
         columns=list(COLUMNS),
         records=records,
         blocks=blocks,

@@ -185,6 +185,7 @@ DETECTIONS = _schema(
         _opt("threshold", pa.float32()),  # flag = score > threshold (target FPR on the calibration rows)
         _opt("flag", pa.bool_()),  # null on 'fit' rows (in-sample LID scores)
         _opt("target_fpr", pa.float32()),
+        _opt("fold", pa.int16()),  # cross-fitted calibration: the row's fold (null: one disjoint calibration set)
     ]
 )
 
