@@ -83,9 +83,10 @@ def test_a_fitted_detector_never_fits_or_thresholds_on_the_fold_it_flags():
         fit = take(benign, train[:k])
         assert torch.equal(examples(fit), fit.x + 0.1)  # LID's PGD examples, made once per image
         seen.append((set(fit.ids), {benign.ids[i] for i in train[k:]}))
-        shift = float(len(seen))  # a different "fitted" scorer per fold
-        scorer = lambda s: {"k3": s.x.mean(dim=(1, 2, 3)) + shift}  # noqa: E731
-        fit_rows = [{"variant": "k3", "role": "fit", "attack": "none", "interpreter": "none", "image_id": i,
+        shift = float(len(seen))  # a different "fitted" scorer per fold, picking its own k
+        variant = f"k{len(seen) % 2 + 3}"
+        scorer = lambda s: {variant: s.x.mean(dim=(1, 2, 3)) + shift}  # noqa: E731
+        fit_rows = [{"variant": variant, "role": "fit", "attack": "none", "interpreter": "none", "image_id": i,
                      "true_class": 0, "target_class": None, "score": 0.0, "threshold": None, "flag": None}
                     for i in fit.ids]
         return scorer, fit_rows, train[k:]
@@ -97,6 +98,8 @@ def test_a_fitted_detector_never_fits_or_thresholds_on_the_fold_it_flags():
         assert all(folds[i] != f for i in fit | cal)
         assert {r["image_id"] for r in rows if r["fold"] == f and r["role"] == "fit"} == fit
     assert len(made) == len(set(made))  # no image attacked twice across folds
+    # the folds picked k4, k3, k4: one variant for the report to pool, naming each fold's pick
+    assert {r["variant"] for r in rows} == {"k4|k3|k4"}
 
 
 def test_pooled_evaluation_sums_the_folds_and_one_fold_is_the_plain_evaluation():

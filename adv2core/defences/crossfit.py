@@ -119,4 +119,14 @@ def score_model_crossfit(make: FoldScorer, shards: Iterable[ShardInputs], folds:
         used = [r["image_id"] for r in out if r["role"] in ("fit", "calibration")]
         check_disjoint(used, [benign.ids[i] for i in here])
         rows += [{**r, "fold": f} for r in out]
+    return _one_variant_across_folds(rows, folds)
+
+
+def _one_variant_across_folds(rows: list[dict], folds: int) -> list[dict]:
+    """A fitted detector may pick a different variant per fold (LID's k by cross-validation): the report pools
+    a variant's folds, so such rows get one joint name listing each fold's pick (``k7|k7|k5|k7|k7``)."""
+    per = [sorted({r["variant"] for r in rows if r["fold"] == f}) for f in range(folds)]
+    if all(len(v) == 1 for v in per) and len({v[0] for v in per}) > 1:
+        joint = "|".join(v[0] for v in per)
+        return [{**r, "variant": joint} for r in rows]
     return rows
