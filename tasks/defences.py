@@ -88,7 +88,7 @@ def run_defence_unit(payload: dict[str, Any], run: dict[str, Any], model: str, d
         assert fit is not None
         return stage.lid_scorer(model_obj, settings, fit, make_adv)
 
-    make_adv = stage.pgd_examples(model_obj, lid_pgd_config(rc), seed, bs)
+    make_adv = stage.pgd_examples(model_obj, lid_pgd_config(rc), seed, bs) if detector == "lid" else None
     if settings.cross_fit_folds:  # calibration on the other folds of the evaluated images (crossfit module)
         from adv2core.defences import crossfit
 

@@ -93,36 +93,6 @@ class DetectionResult:
         return {k: v for k, v in asdict(self).items() if not k.startswith("roc_")}
 
 
-def evaluate_detector(
-    calibration_scores: Any,
-    calibration_ids: Sequence[str],
-    benign_scores: Any,
-    benign_ids: Sequence[str],
-    adv_scores: Any,
-    adv_ids: Sequence[str],
-    cfg: CalibrationConfig | None = None,
-) -> DetectionResult:
-    """Threshold on the calibration images at ``cfg.fpr``; detection rate (Wilson CI) on the adversarial
-    examples, realised FPR on the held-out benign images, ROC AUC of held-out benign vs adversarial."""
-    cfg = cfg or CalibrationConfig()
-    cal = _finite(calibration_scores, "calibration")
-    for ids, scores, what in ((calibration_ids, cal, "calibration"), (benign_ids, benign_scores, "benign"), (adv_ids, adv_scores, "adversarial")):
-        if len(ids) != to_numpy(scores).size:
-            raise ConfigError(f"{what}: {len(ids)} ids for {to_numpy(scores).size} scores")
-    check_disjoint(calibration_ids, list(benign_ids) + list(adv_ids))
-    t = threshold_at_fpr(cal, cfg.fpr)
-    b, a = _finite(benign_scores, "benign"), _finite(adv_scores, "adversarial")
-    bf = rate_with_ci(b > t, cfg.alpha)
-    det = rate_with_ci(a > t, cfg.alpha)
-    auc, rf, rt, _ = roc(b, a)
-    return DetectionResult(
-        threshold=t, target_fpr=cfg.fpr, n_calibration=int(cal.size), calibration_fpr=float((cal > t).mean()),
-        benign_fpr=bf[0], benign_fpr_lo=bf[1], benign_fpr_hi=bf[2], n_benign=bf[4],
-        detection_rate=det[0], detection_rate_lo=det[1], detection_rate_hi=det[2], n_detected=det[3],
-        n_adversarial=det[4], auc=auc, roc_fpr=rf.tolist(), roc_tpr=rt.tolist(),
-    )
-
-
 @dataclass
 class FoldData:
     """One fold's stored scores: its calibration images, and the benign / adversarial inputs it flags."""
@@ -140,12 +110,8 @@ def evaluate_folds(folds: Sequence[FoldData], cfg: CalibrationConfig | None = No
     calibration images (disjoint from that fold's evaluated ones: checked per fold), flags are counted over
     all folds (Wilson CIs on the pooled counts), and the ROC AUC is taken over the pooled scores. The
     reported threshold is the median of the folds', ``n_calibration`` the smallest fold's calibration set.
-    One fold is exactly :func:`evaluate_detector`."""
+    One fold is :func:`evaluate_detector`."""
     cfg = cfg or CalibrationConfig()
-    if len(folds) == 1:
-        f = folds[0]
-        return evaluate_detector(f.calibration_scores, f.calibration_ids, f.benign_scores, f.benign_ids,
-                                 f.adv_scores, f.adv_ids, cfg)
     if not folds:
         raise ConfigError("evaluate_folds: no folds")
     thr, n_cal, cal_flags, b_all, a_all, b_flags, a_flags = [], [], [], [], [], [], []
@@ -177,3 +143,18 @@ def evaluate_folds(folds: Sequence[FoldData], cfg: CalibrationConfig | None = No
         detection_rate=det[0], detection_rate_lo=det[1], detection_rate_hi=det[2], n_detected=det[3],
         n_adversarial=det[4], auc=auc, roc_fpr=rf.tolist(), roc_tpr=rt.tolist(),
     )
+
+
+def evaluate_detector(
+    calibration_scores: Any,
+    calibration_ids: Sequence[str],
+    benign_scores: Any,
+    benign_ids: Sequence[str],
+    adv_scores: Any,
+    adv_ids: Sequence[str],
+    cfg: CalibrationConfig | None = None,
+) -> DetectionResult:
+    """Threshold on the calibration images at ``cfg.fpr``; detection rate (Wilson CI) on the adversarial
+    examples, realised FPR on the held-out benign images, ROC AUC of held-out benign vs adversarial."""
+    return evaluate_folds([FoldData(calibration_scores, calibration_ids, benign_scores, benign_ids, adv_scores,
+                                    adv_ids)], cfg)

@@ -60,8 +60,7 @@ def take(s: InputSet, idx: Sequence[int] | np.ndarray) -> InputSet:
     """The rows ``idx`` of ``s`` (same order)."""
     ix = [int(i) for i in idx]
     t = torch.as_tensor(ix, dtype=torch.long, device=s.x.device)
-    return InputSet([s.ids[i] for i in ix], s.x[t], s.cls[t], {n: m[t] for n, m in s.maps.items()},
-                    f"{s.key}[{','.join(map(str, ix))}]")
+    return InputSet([s.ids[i] for i in ix], s.x[t], s.cls[t], {n: m[t] for n, m in s.maps.items()})
 
 
 def per_image(make: Callable[[InputSet], torch.Tensor]) -> Callable[[InputSet], torch.Tensor]:
