@@ -71,15 +71,27 @@ def test_a_deterministic_attack_bug_still_becomes_error_rows(model, test_batch, 
     assert [r["status"] for r in res.rows] == ["error"] * 3 and all("ValueError: a bug" in r["error"] for r in res.rows)
 
 
-def test_oom_split_gives_the_rows_of_the_unsplit_batch(model, test_batch, monkeypatch):
+def test_oom_split_gives_the_rows_of_its_parts_and_those_of_the_unsplit_batch_up_to_rounding(
+        model, test_batch, monkeypatch):
     batch = test_batch.select(range(4))
     whole = _cell(model, batch)
+    # Each image has its own seed, so the attack's output on a part is exactly its output on that part alone
+    # (the benign and adversarial maps are still computed on the whole batch, as without a split).
+    parts = [_cell(model, batch.select(ix)) for ix in ([0], [1], [2, 3])]
     calls = _inject_oom(monkeypatch, times=2, min_batch=2)  # 4 fails, 2 fails, then 1 + 1 + 2
     split = _cell(model, batch, oom="split")
     assert calls == [4, 2, 1, 1, 2]
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
-    assert strip(split.rows) == strip(whole.rows)
-    assert torch.equal(split.x_adv_q, whole.x_adv_q) and torch.equal(split.adv_maps, whole.adv_maps)
+    assert torch.equal(split.x_adv_q, torch.cat([p.x_adv_q for p in parts]))
+    # Against the unsplit batch the rows agree only up to rounding: CPU kernels (oneDNN convolutions) pick
+    # a different summation order for a batch of 1 than for 4, and with one torch thread on an AMD EPYC
+    # the 8 PGD steps drift to a confidence 2.5e-3 and an L1 1.2e-3 apart, which can flip one top-k pixel
+    # of a map's IoU. Decisions must agree; continuous metrics within 0.02 (over 10x the drift measured).
+    assert [r["image_id"] for r in split.rows] == [r["image_id"] for r in whole.rows]
+    for a, b in zip(split.rows, whole.rows):
+        assert (a["success"], a["pred_class"], a["benign_pred"], a["status"]) == \
+            (b["success"], b["pred_class"], b["benign_pred"], b["status"])
+        for k in ("confidence", "l1", "l2", "linf"):
+            assert a[k] == pytest.approx(b[k], abs=0.02), k
     monkeypatch.undo()
     _inject_oom(monkeypatch, times=1)
     with pytest.raises(OOM):  # the default policy: propagate to the task's retries
