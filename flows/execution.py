@@ -76,7 +76,11 @@ def execution_context(rc: ResolvedConfig) -> Iterator[None]:
             import torch
 
             old_threads = torch.get_num_threads()
-            worker.set_torch_threads(p.torch_threads or max(1, (os.cpu_count() or 1) // p.max_workers))
+            per_worker = max(1, (os.cpu_count() or 1) // p.max_workers)
+            omp = os.environ.get("OMP_NUM_THREADS", "")  # a scheduler's (or the test runner's) bound wins
+            if omp.isdigit() and int(omp) >= 1:
+                per_worker = min(per_worker, int(omp))
+            worker.set_torch_threads(p.torch_threads or per_worker)
         yield
     finally:
         if old_threads is not None:

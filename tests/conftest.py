@@ -22,11 +22,21 @@ REAL_DATA = Path(os.environ.get("ADV2_REAL_DATA", os.environ.get("ADV2_DATA", RE
 
 def pytest_configure(config):
     TEST_DATA.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("ADV2_REAL_DATA", str(REAL_DATA))  # xdist workers inherit ADV2_DATA = the cache
     os.environ["ADV2_DATA"] = str(TEST_DATA)
-    os.environ.setdefault("PREFECT_HOME", str(TEST_DATA / "prefect-home"))
+    # pytest-xdist workers (`make test` runs two) share the checkpoint cache (written atomically, identical
+    # bytes) but each gets its own Prefect home: one SQLite database per server process.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    os.environ.setdefault("PREFECT_HOME", str(TEST_DATA / (f"prefect-home-{worker}" if worker else "prefect-home")))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # OMP_NUM_THREADS=1 (the second CI pass) gives torch a second floating-point path; default: 2 threads
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
+    # Threads: OMP_NUM_THREADS if set; else one per worker when several workers share the cores (two
+    # workers x two threads on 2 cores thrash), else up to 2. CI runs the suite both ways (.ci/run), so
+    # one thread and two threads are two floating-point paths it sees.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    default = max(1, min(2, (os.cpu_count() or 1) // workers))
+    if workers > 1:  # the CLI subprocesses some tests start inherit it
+        os.environ.setdefault("OMP_NUM_THREADS", str(default))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or default))
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ def test_dask_run_matches_serial_run(tmp_path):
 
     from flows.testing import shared_prefect_server
 
-    shared_prefect_server(Path(os.environ["ADV2_DATA"]) / "prefect-home")
+    shared_prefect_server(os.environ["PREFECT_HOME"])
     # CAM only keeps it cheap; 2 shards x 2 attacks + 2 cross-evaluations = 6 tasks for 2 workers
     common = ["pipeline.torch_threads=1", "pipeline.report=false", "interpreters.names=[cam]", "attacks.step_cap=2"]
     serial = load_config("smoke", overrides=[*common, f"pipeline.results={tmp_path / 'serial'}"]).resolve()

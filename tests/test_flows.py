@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 def prefect_env():
     from flows.testing import shared_prefect_server
 
-    url = shared_prefect_server(Path(os.environ["ADV2_DATA"]) / "prefect-home")
+    url = shared_prefect_server(os.environ["PREFECT_HOME"])
     return {**os.environ, "PREFECT_API_URL": url}
 
 
@@ -39,6 +39,7 @@ def _adv2(env, *args: str, check: bool = True) -> subprocess.CompletedProcess:
 CHEAP = ["--set", "interpreters.names=[cam]", "--set", "attacks.step_cap=2"]
 
 
+@pytest.mark.heavy  # ~65 s: a private Prefect server and four CLI processes
 def test_cli_run_resume_runs_sql_report(prefect_env, tmp_path):
     res = tmp_path / "results"
     rc = load_config("smoke", overrides=["interpreters.names=[cam]", "attacks.step_cap=2"]).resolve()

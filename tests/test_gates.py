@@ -126,6 +126,7 @@ def test_grad_uses_the_shuffled_mask_control(model, gate_batch):
     assert g["control"] == "shuffled-mask" and g["status"] == "ok" and g["loc_true"] > g["loc_control"]
 
 
+@pytest.mark.heavy  # ~22 s: generates the default embedded set in an empty data root
 def test_cli_attack_refuses_a_model_at_chance(tmp_path):
     """`adv2 attack` on a checkpoint at chance: one `error:` line naming the model and the accuracy, exit 2."""
     env_root = tmp_path / "data"

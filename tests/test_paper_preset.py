@@ -67,7 +67,7 @@ def _random_rts_checkpoints(out: Path, rc) -> list[str]:
 def test_paper_preset_end_to_end(imagenet_folder, tmp_path):
     from flows.testing import shared_prefect_server
 
-    shared_prefect_server(Path(os.environ["ADV2_DATA"]) / "prefect-home")
+    shared_prefect_server(os.environ["PREFECT_HOME"])
     folder, labels = imagenet_folder
     overrides = [
         f"data.path={folder}", f"data.options.labels_file={labels}", f"data.num_images={N_IMAGES}",

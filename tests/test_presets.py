@@ -122,7 +122,7 @@ def installed(tmp_path_factory) -> Path:
     return env_dir
 
 
-@pytest.mark.slow  # ~10 s: wheel build + venv + install
+@pytest.mark.heavy  # ~20 s on 2 cores: wheel build + venv + install
 def test_non_editable_install_finds_every_preset_from_another_folder(installed, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -94,7 +94,7 @@ def test_missing_dataset_path(tmp_path, engine):
     if engine == "prefect":
         from flows.testing import shared_prefect_server
 
-        shared_prefect_server(Path(os.environ["ADV2_DATA"]) / "prefect-home")
+        shared_prefect_server(os.environ["PREFECT_HOME"])
     res = _cli(*run_args(tmp_path / "results", *_folder_overrides(missing), engine=engine))
     _one_error_line(res, "not found", str(missing))
 

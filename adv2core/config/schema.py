@@ -127,7 +127,7 @@ class PipelineSection(_Section):
     data_root: str | None = Field(None, description="caches/checkpoints root (default $ADV2_DATA or ./data)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N (per worker)")
     max_workers: int = Field(1, ge=1, description="local thread pool size (concurrent shards)")
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker (default cores/workers)")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker (default cores/workers, at most OMP_NUM_THREADS if set)")
     dask_address: str | None = Field(None, description="tcp://host:8786 of an existing Dask scheduler")
     gpu_resource: str | None = Field("GPU", description="Dask worker resource each attack task takes (null: none)")
     shard_budget_s: float | None = Field(None, gt=0, description="max seconds per shard, checked between batches")
