@@ -94,8 +94,9 @@ def _compare(model_name, model, interp, batch):
 
 
 @pytest.mark.slow
-# MASK (~45 s on 2 cores: its inner solves) runs in `make test-heavy`; CI runs all four.
-@pytest.mark.parametrize("interpreter", ["grad", "cam", "rts", pytest.param("mask", marks=pytest.mark.heavy)])
+# MASK (~45 s on 2 cores: its inner solves) and RTS (~90 s from an empty cache: it trains the masking model)
+# run in `make test-heavy`; CI runs all four.
+@pytest.mark.parametrize("interpreter", ["grad", "cam", *(pytest.param(i, marks=pytest.mark.heavy) for i in ("rts", "mask"))])
 def test_adv2_fools_the_classifier_and_keeps_the_map(interpreter, trained_resnet, test_batch, small_data_cfg):
     model = trained_resnet[0]
     interp = _interpreter(interpreter, model, small_data_cfg)
@@ -118,6 +119,7 @@ def test_adv2_cam_on_densenet(trained_densenet, test_batch):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # ~20 s on 2 cores
 def test_stadv_adv2_cam_keeps_the_map_better_than_stadv(trained_resnet, test_batch):
     model = trained_resnet[0]
     interp = default_interpreter("cam", model, QUICK)

@@ -248,6 +248,7 @@ def test_adv2_models_json(tmp_path, monkeypatch):
     assert rows["squeezenet1_1"]["head"] == "class_map"
 
 
+@pytest.mark.heavy  # ~15 s on 2 cores: a CLI attack on a user model (the loading tests stay in make test)
 def test_user_model_from_config_runs_through_adv2_attack(tmp_path, small_data_cfg):
     """torchvision resnet18 + a state_dict saved here, declared only in a config file."""
     from torchvision.models import resnet18

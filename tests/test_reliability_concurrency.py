@@ -26,6 +26,7 @@ from reliability_support import (
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.heavy  # ~25 s on 2 cores: two CLI runs at once (make test stays under 10 minutes)
 def test_two_runs_into_one_root_at_once_stay_separate(tmp_path):
     root = tmp_path / "results"
     root.mkdir()

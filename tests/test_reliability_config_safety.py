@@ -53,7 +53,7 @@ def test_execution_settings_keep_the_hash(tmp_path, change):
     assert tiny_config(tmp_path / "elsewhere", change).config_hash == tiny_config(tmp_path).config_hash
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # ~20 s on 2 cores: two tiny runs (other stage-key tests stay in make test)
 def test_changed_attack_parameter_recomputes_what_depends_on_it(tmp_path):
     rc0, base_root, _ = baseline()
     root = tmp_path / "results"

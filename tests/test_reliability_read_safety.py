@@ -137,6 +137,7 @@ def _rows(u: ShardUnit, n: int = 3) -> list[dict]:
             for j in range(n)]
 
 
+@pytest.mark.heavy  # ~20 s on 2 cores: three runs under concurrent readers
 def test_readers_survive_units_being_rewritten_or_rolled_back(tmp_path):
     """A unit rewritten by a resume or removed by a failed write (ENOSPC rollback) deletes files that a
     reader's glob may just have listed; the reader must still answer (with whole shards)."""
