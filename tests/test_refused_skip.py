@@ -164,6 +164,7 @@ def test_report_never_shows_a_number_for_a_refused_cell():
                                                                ["RTS", "refused", "refused", "refused"]]
 
 
+@pytest.mark.heavy  # ~15-25 s on 2 cores: three runs with the defence stage
 def test_defences_run_over_the_kept_interpreters_and_rerun_when_the_refusals_change(tmp_path, cam_fails_to_train,
                                                                                       monkeypatch):
     """With CAM refused, FS still scores Grad's examples (the unit records the refusal); the ensemble, which

@@ -200,6 +200,7 @@ def _eval_pairs(root, config_hash):
               "WHERE config_hash = ?", [config_hash]).to_pylist()}
 
 
+@pytest.mark.heavy  # ~15 s on 2 cores: three tiny runs
 def test_transfer_units_written_under_a_refusal_are_not_reused_without_it(tmp_path, monkeypatch):
     """``gates.on_refused: skip``: a transfer unit written while CAM was refused has no rows with CAM as
     evaluator, and no unit key covers refusals (decided at preparation, after the plan copies). Such a unit
