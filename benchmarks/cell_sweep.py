@@ -66,6 +66,8 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["resnet-mini", "densenet-mini"])
     ap.add_argument("--interpreters", nargs="+", default=["grad", "cam", "rts", "mask"])
     ap.add_argument("--preset", default="quick")
+    ap.add_argument("--dataset", default="embedded", choices=["embedded", "imagenet-samples"],
+                    help="imagenet-samples: the packaged photos (use with --preset real and the real models)")
     ap.add_argument("--images", type=int, default=32, help="correctly classified images per cell")
     ap.add_argument("--offset", type=int, default=0, help="first test image (a second sample of images)")
     ap.add_argument("--variant", action="append", default=None, help="JSON overrides of adv2.<interpreter>")
@@ -83,7 +85,13 @@ def main() -> int:
         data = base.model_dump()
         data["pgd"].update(json.loads(args.pgd))
         base = load_preset(data)
-    ds = EmbeddedDataset("test")
+    if args.dataset == "embedded":
+        ds = EmbeddedDataset("test")
+    else:
+        from adv2core.data.imagenet_samples import ImageNetSamplesDataset
+        from adv2core.paths import cache_dir
+
+        ds = ImageNetSamplesDataset(root=cache_dir("datasets") / "imagenet-samples")
     results = []
     for model_name in args.models:
         t0 = time.perf_counter()

@@ -291,6 +291,21 @@ def test_eps_ball_and_unit_range_always_hold(model, small, eps):
     _check_ball(ADV2CAM(model, CAM(model), eps=eps, alpha=0.02, stage1_steps=3, stage2_steps=4)(x, t, y=y).x_adv, x, eps)
 
 
+def test_grad_stage2_alpha_sets_the_stage2_step_only(model, small):
+    """``stage2_alpha`` (the real preset's cut compensation) bounds every stage-2 step; stage 1 keeps alpha.
+    Best-iterate selection every step with p_t > 0 keeps an iterate of stage 2, so x_adv lies within
+    (steps - 1) x stage2_alpha of the stage-1 result (stage 2's step 0), and a full-size alpha leaves it."""
+    b, t = small
+    x, y, t = b.images[:3], b.labels[:3], t[:3]
+    common = dict(eps=0.1, alpha=0.02, stage1_steps=4, lambdas=(0.01,), select_every=1, select_p_threshold=0.0)
+    start = ADV2Grad(model, Grad(model), stage2_steps=(1,), **common)(x, t, y=y).x_adv  # stage 2's step 0
+    fine = ADV2Grad(model, Grad(model), stage2_steps=(5,), stage2_alpha=1e-4, **common)(x, t, y=y)
+    coarse = ADV2Grad(model, Grad(model), stage2_steps=(5,), **common)(x, t, y=y)
+    assert float((fine.x_adv - start).abs().max()) <= 4e-4 + 1e-6
+    assert float((coarse.x_adv - start).abs().max()) > 4e-4  # the same run at alpha steps leaves that box
+    assert ADV2Grad(model, Grad(model)).cfg.stage2_alpha is None  # the paper: alpha throughout
+
+
 def test_batch_equals_images_one_by_one(model64, small):
     """float64 makes the batched kernels batch-invariant, so any coupling would show as a difference."""
     b, t = small

@@ -172,7 +172,8 @@ class ADV2(JointAttack):
     def _param(self, x0: torch.Tensor, ids: list[str], stage: int) -> Param:
         cfg: Any = self.cfg
         clip = cfg.stage1_clip if stage == 1 else True
-        return SignParam(x0, cfg.eps, cfg.alpha, clip=clip)
+        alpha = cfg.alpha if stage == 1 else (getattr(cfg, "stage2_alpha", None) or cfg.alpha)
+        return SignParam(x0, cfg.eps, alpha, clip=clip)
 
 
 class ADV2Grad(ADV2):

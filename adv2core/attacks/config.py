@@ -68,6 +68,7 @@ class ADV2GradConfig(_Frozen):
     select_p_threshold: float = Field(0.8, ge=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="0.05 = the v3 / ISIC variant (0.95 on c_t)")
     early_stop: bool = False
+    stage2_alpha: Alpha | None = Field(None, description="stage-2 sign step (None = alpha, the paper)")
 
     @model_validator(mode="after")
     def _lengths(self) -> "ADV2GradConfig":
