@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from adv2core.attacks.config import load_preset  # noqa: E402
 from adv2core.bench.cell import default_interpreter, run_cell  # noqa: E402
-from adv2core.data.synthetic import EmbeddedDataset  # noqa: E402
+from adv2core.data.registry import get_dataset  # noqa: E402
 from adv2core.models.registry import load_model  # noqa: E402
 from adv2core.report import shape  # noqa: E402
 
@@ -85,13 +85,7 @@ def main() -> int:
         data = base.model_dump()
         data["pgd"].update(json.loads(args.pgd))
         base = load_preset(data)
-    if args.dataset == "embedded":
-        ds = EmbeddedDataset("test")
-    else:
-        from adv2core.data.imagenet_samples import ImageNetSamplesDataset
-        from adv2core.paths import cache_dir
-
-        ds = ImageNetSamplesDataset(root=cache_dir("datasets") / "imagenet-samples")
+    ds = get_dataset(args.dataset, "test")
     results = []
     for model_name in args.models:
         t0 = time.perf_counter()
