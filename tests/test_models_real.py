@@ -61,6 +61,25 @@ def test_efficientnet_lite0_classifies_the_photos(effnet, photos):
     assert _top1(effnet, photos) >= 0.75  # measured 0.80 (25 photos; 0.85 on the 20 foolbox ones)
 
 
+def test_efficientnet_lite0_batchnorm_is_folded_without_changing_the_logits(effnet, photos, monkeypatch):
+    """The packaged EfficientNet-Lite0 has its BatchNorms folded into the convolutions (adv2core/models/packaged.py:
+    the second-order attacks run ~2x faster); the logits equal the unfolded network's up to float rounding."""
+    import adv2core.models.packaged as packaged
+
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in effnet.modules())
+    monkeypatch.setattr(packaged, "_fold_batchnorm", lambda net: None)
+    plain = packaged.efficientnet_lite0().eval()
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules()) == 49
+    x = photos.images[:4]
+    with torch.no_grad():
+        a, b = effnet(x), plain(x)
+        fa, fb = effnet.features(x)[0], plain.features(x)[0]
+    # float32 summation order only: |logits| ~10, rounding ~1e-6 per layer over ~50 layers
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fa, fb, rtol=1e-4, atol=1e-4)
+    assert torch.equal(a.argmax(1), b.argmax(1))
+
+
 def test_squeezenet1_1_classifies_the_photos(squeezenet, photos):
     assert squeezenet.head == "class_map" and squeezenet.channel_order == "bgr"
     assert _top1(squeezenet, photos) >= 0.55  # measured 0.64 (25 photos; 0.70 on the 20 foolbox ones)

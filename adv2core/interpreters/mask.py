@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from adv2core.interpreters.base import Interpreter
 from adv2core.interpreters.config import MaskConfig
 from adv2core.models.classifier import Classifier
+from adv2core.models.grouped_conv import GroupedConvMode
 
 _M32 = 0xFFFFFFFF
 
@@ -249,7 +250,9 @@ class MASK(Interpreter):
         offs = jitter_offsets(state.keys, state.draws, k, self.cfg.jitter)
         m, ea, eas, step = state.m.detach(), state.exp_avg.detach(), state.exp_avg_sq.detach(), state.step
         losses = []
-        with torch.enable_grad():
+        # GroupedConvMode: the hypergradient is a second derivative through the classifier, and aten's double
+        # backward of a depthwise convolution loops over its channels (adv2core/models/grouped_conv.py)
+        with torch.enable_grad(), GroupedConvMode():
             for i in range(k):
                 m = m.detach().requires_grad_(True)
                 obj = self._objective(z, m, target, offs[i], size)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from adv2core.errors import CheckpointError
 from adv2core.models.checkpoint import load_numpy_pickle, load_state_dict_file
@@ -82,6 +83,29 @@ class _EfficientNetFeatures(nn.Module):
         return [n._conv_stem, n._bn0, n._swish, *n._blocks, n._conv_head, n._bn1, n._swish]
 
 
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Module:
+    folded = fuse_conv_bn_eval(conv.eval(), bn.eval())
+    conv.weight, conv.bias = folded.weight, folded.bias
+    return nn.Identity()
+
+
+def _fold_batchnorm(net: nn.Module) -> None:
+    """Fold every BatchNorm of EfficientNet-Lite0 into the convolution before it (its running statistics are
+    fixed: the packaged model is never trained here). The logits move by float rounding only (~1e-5 on
+    logits of ~10); the BN modules become ``nn.Identity`` under the same names (LID's taps, the RTS
+    encoder's chain). Why: every attack step differentiates through the network, and in the second-order
+    ones (ADV²-Grad, ADV²-MASK's hypergradient) BatchNorm's double backward, which recomputes batch
+    reductions even in eval mode, cost more than the convolutions themselves
+    (``benchmarks/second_order_cost.py`` measures it)."""
+    net._bn0 = _fold(net._conv_stem, net._bn0)
+    net._bn1 = _fold(net._conv_head, net._bn1)
+    for block in net._blocks:
+        if hasattr(block, "_expand_conv"):
+            block._bn0 = _fold(block._expand_conv, block._bn0)
+        block._bn1 = _fold(block._depthwise_conv, block._bn1)
+        block._bn2 = _fold(block._project_conv, block._bn2)
+
+
 def efficientnet_lite0(weights: str | Path | None = "imagenet") -> Classifier:
     lib = _import("efficientnet_lite_pytorch", EFFNET_INSTALL)
     net = lib.EfficientNet.from_name("efficientnet-lite0")
@@ -96,6 +120,7 @@ def efficientnet_lite0(weights: str | Path | None = "imagenet") -> Classifier:
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise CheckpointError(f"weights do not fit efficientnet-lite0: {str(exc).strip().splitlines()[0]}") from None
+    _fold_batchnorm(net)
     fc = net._fc
     # LID features: the stages extract_features runs, in order (the wrapper's only child is the whole library
     # model, whose classifier modules never run there, and its shared ReLU6 runs twice per pass).

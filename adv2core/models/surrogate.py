@@ -22,12 +22,9 @@ The other piecewise-linear members of the ReLU family get the same treatment, fo
 * ``leaky_relu(z, a)``: surrogate derivative a + (1 - a) h(z).
 
 **Grouped convolutions** (depthwise, as in EfficientNet / MobileNet) are routed through
-:class:`_GroupedConv2d` inside the mode, forward exact. Only the *second* derivative changes how it is
-computed, not its value: aten's double backward of a grouped convolution loops over the groups (one
-convolution call per channel of a depthwise layer: 36,903 convolution and 75,289 copy calls for two
-capped ADV²-Grad steps on EfficientNet-Lite0, efficiency 2.75 in BENCHMARKS.md). Writing the first
-backward as a ``conv_transpose2d`` (itself differentiable) makes the double backward one grouped
-convolution per layer.
+:class:`adv2core.models.grouped_conv.GroupedConvMode` (which this mode extends), forward exact: only the
+*second* derivative changes how it is computed (one grouped convolution per layer instead of aten's
+per-group loop), not its value.
 
 ``torch.clamp`` is *not* intercepted: the attacks and map normalisation use it on purpose, and no model
 in the registry uses it as an activation (checked for efficientnet-lite-pytorch 0.1.0).
@@ -37,7 +34,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
+
+from adv2core.models.grouped_conv import GroupedConvMode
 
 DEFAULT_TAU = 1e-4
 
@@ -103,48 +101,6 @@ def smooth_relu6(z: torch.Tensor, tau: float = DEFAULT_TAU) -> torch.Tensor:
     return smooth_hardtanh(z, 0.0, 6.0, tau)
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-class _GroupedConv2d(torch.autograd.Function):
-    """conv2d without bias whose backward is written in differentiable ops, so autograd's second
-    derivative is one grouped (transposed) convolution instead of aten's per-group loop."""
-
-    @staticmethod
-    def forward(ctx, x, w, stride, padding, dilation, groups):  # type: ignore[override]
-        ctx.save_for_backward(x, w)
-        ctx.conf = (stride, padding, dilation, groups)
-        return F.conv2d(x, w, None, stride, padding, dilation, groups)
-
-    @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
-        x, w = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conf
-        gx = gw = None
-        if ctx.needs_input_grad[0]:
-            # output_padding recovers the input size that the strided forward rounded away
-            out_pad = tuple(
-                x.shape[2 + i] - ((g.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (w.shape[2 + i] - 1) + 1)
-                for i in range(2))
-            gx = F.conv_transpose2d(g, w, None, stride, padding, out_pad, groups, dilation)
-        if ctx.needs_input_grad[1]:
-            gw = torch.nn.grad.conv2d_weight(x, w.shape, g, stride, padding, dilation, groups)
-        return gx, gw, None, None, None, None
-
-
-def grouped_conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """``F.conv2d`` with the efficient double backward of :class:`_GroupedConv2d` (numeric padding)."""
-    y = _GroupedConv2d.apply(x, w, _pair(stride), _pair(padding), _pair(dilation), int(groups))
-    return y if bias is None else y + bias.view(1, -1, 1, 1)
-
-
-def _conv_args(args, kwargs):
-    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-    defaults = (None, None, None, 1, 0, 1, 1)
-    return [args[i] if len(args) > i else kwargs.get(n, d) for i, (n, d) in enumerate(zip(names, defaults))]
-
-
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, F.relu_}
 _RELU6_FUNCS = {F.relu6}
 _HARDTANH_FUNCS = {F.hardtanh, F.hardtanh_}
@@ -155,10 +111,10 @@ def _arg(args, kwargs, i: int, key: str, default):
     return args[i] if len(args) > i else kwargs.get(key, default)
 
 
-class SmoothReLUMode(TorchFunctionMode):
+class SmoothReLUMode(GroupedConvMode):
     """Inside this mode every ReLU-family call (module or functional, in-place or not) has the smooth
     surrogate backward: ReLU -> :func:`smooth_relu`, ReLU6/hardtanh -> :func:`smooth_hardtanh`,
-    leaky ReLU -> slope + (1 - slope) h."""
+    leaky ReLU -> slope + (1 - slope) h; grouped convolutions as in :class:`GroupedConvMode`."""
 
     def __init__(self, tau: float = DEFAULT_TAU) -> None:
         super().__init__()
@@ -174,9 +130,5 @@ class SmoothReLUMode(TorchFunctionMode):
             return smooth_hardtanh(args[0], _arg(args, kwargs, 1, "min_val", -1.0), _arg(args, kwargs, 2, "max_val", 1.0), self.tau)
         if func in _LEAKY_FUNCS:
             return _SmoothLeakyReLU.apply(args[0], float(_arg(args, kwargs, 1, "negative_slope", 0.01)), self.tau)
-        if func is F.conv2d:
-            a = _conv_args(args, kwargs)
-            if a[6] > 1 and not isinstance(a[4], str) and a[0].dim() == 4 and torch.is_grad_enabled():
-                return grouped_conv2d(*a)
-        return func(*args, **kwargs)
+        return super().__torch_function__(func, types, args, kwargs)  # grouped convolutions
 
