@@ -248,3 +248,21 @@ def test_cross_fitted_calibration_flags_each_image_against_the_other_folds(tmp_p
                [r["detector"], r["variant"], r["attack"]])[0]
         assert (int(r["n_adversarial"]), int(r["n_detected"])) == (n["n"], n["k"])
     assert "×2 folds" in (out / "report.md").read_text()
+
+
+def test_detection_plots_give_lid_one_column_across_models_with_their_own_k():
+    """LID's k is chosen per model: the plots put it in one column (each panel titled with its model's k), not
+    one column per k with an empty 'no rows' panel for every other model (seen on the real preset: k7 / k5)."""
+    from adv2core.report.detection import _groups, _panel
+
+    recs = [{"model": m, "detector": d, "variant": v} for m, d, v in [
+        ("a", "ensemble", "iou"), ("b", "ensemble", "iou"), ("a", "fs", "median2"), ("b", "fs", "median2"),
+        ("a", "fs", "bit5"), ("a", "lid", "k7"), ("b", "lid", "k5")]]
+    models, cols = _groups(recs)
+    assert models == ["a", "b"]
+    assert cols == [("ensemble", "iou"), ("fs", "bit5"), ("fs", "median2"), ("lid", "")]
+    got_a, title_a = _panel(recs, "a", ("lid", ""))
+    got_b, title_b = _panel(recs, "b", ("lid", ""))
+    assert [r["variant"] for r in got_a] == ["k7"] and "k7" in title_a
+    assert [r["variant"] for r in got_b] == ["k5"] and "k5" in title_b
+    assert _panel(recs, "b", ("fs", "bit5"))[0] == []  # a variant only one model has stays its own column

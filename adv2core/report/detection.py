@@ -164,10 +164,27 @@ def detection_table(con: Any, config_hash: str, run: dict[str, Any], marks: Mark
 
 
 # ----------------------------------------------------------------------------- plots
+#: Detectors whose variant is chosen per model (LID's k, by cross-validation): one plot column for all models,
+#: each panel titled with its own model's variant, instead of one column per k with empty panels.
+PER_MODEL_VARIANT = frozenset({"lid"})
+
+
+def _column(r: dict[str, Any]) -> tuple[str, str]:
+    return (r["detector"], "" if r["detector"] in PER_MODEL_VARIANT else r["variant"])
+
+
 def _groups(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Plot rows (models) and columns (detector, variant; one column per per-model-variant detector)."""
     models = sorted({r["model"] for r in records})
-    dets = sorted({(r["detector"], r["variant"]) for r in records})
+    dets = sorted({_column(r) for r in records})
     return models, dets
+
+
+def _panel(recs: Sequence[dict[str, Any]], model: str, col: tuple[str, str]) -> tuple[list[dict[str, Any]], str]:
+    """The records of one panel and its title."""
+    got = [r for r in recs if r["model"] == model and _column(r) == col]
+    variants = sorted({r["variant"] for r in got}) or [col[1]]
+    return got, f"{model}: {detector_label(col[0], ', '.join(variants))}"
 
 
 def _legend_or_blank(ax: Any, **kw: Any) -> None:
@@ -195,18 +212,17 @@ def roc_curves(records: Sequence[dict[str, Any]], path: Path) -> Path | None:
     interps = sorted({r["interpreter"] for r in recs}, key=interpreter_key)
     attacks = sorted({r["attack"] for r in recs}, key=attack_key)
     for i, model in enumerate(models):
-        for j, (det, variant) in enumerate(dets):
+        for j, col in enumerate(dets):
             ax = axes[i][j]
             ax.plot([0, 1], [0, 1], color="0.7", lw=0.8)
-            for r in recs:
-                if (r["model"], r["detector"], r["variant"]) != (model, det, variant):
-                    continue
+            got, title = _panel(recs, model, col)
+            for r in got:
                 bad = bool(r.get("degenerate"))
                 ax.plot(r["roc_fpr"], r["roc_tpr"], color="0.6" if bad else f"C{interps.index(r['interpreter'])}",
                         ls=_LINESTYLES[attacks.index(r["attack"]) % len(_LINESTYLES)], lw=1.2,
                         label=f"{attack_name(r['attack'])} / {interpreter_name(r['interpreter'])}"
                               f"{' (degenerate)' if bad else ''} AUC {fmt_num(r['auc'], 2)}")
-            ax.set_title(f"{model}: {detector_label(det, variant)}", fontsize=8)
+            ax.set_title(title, fontsize=8)
             ax.set_xlabel("FPR (evaluated benign)", fontsize=7)
             ax.set_ylabel("TPR (successful adversarial)", fontsize=7)
             _legend_or_blank(ax, loc="lower right")
@@ -228,10 +244,10 @@ def detection_bars(records: Sequence[dict[str, Any]], path: Path) -> Path | None
     fig, axes = plt.subplots(len(models), len(dets), figsize=(3.6 * len(dets), 3.0 * len(models)), squeeze=False)
     width = 0.8 / max(1, len(attacks))
     for i, model in enumerate(models):
-        for j, (det, variant) in enumerate(dets):
+        for j, col in enumerate(dets):
             ax = axes[i][j]
-            cell = {(r["interpreter"], r["attack"]): r for r in recs
-                    if (r["model"], r["detector"], r["variant"]) == (model, det, variant)}
+            got_panel, title = _panel(recs, model, col)
+            cell = {(r["interpreter"], r["attack"]): r for r in got_panel}
             interps = sorted({k[0] for k in cell}, key=interpreter_key)
             x = np.arange(len(interps))
             for a, attack in enumerate(attacks):
@@ -252,7 +268,7 @@ def detection_bars(records: Sequence[dict[str, Any]], path: Path) -> Path | None
             ax.set_xticks(x, ["no interp." if it == NO_SOURCE else interpreter_name(it) for it in interps], fontsize=7)
             ax.set_ylim(0, 105)
             ax.set_ylabel("detected (%)", fontsize=7)
-            ax.set_title(f"{model}: {detector_label(det, variant)}", fontsize=8)
+            ax.set_title(title, fontsize=8)
             _legend_or_blank(ax)
     fig.suptitle("Detection rate at the calibrated threshold (dashed: target FPR), Wilson 95 % CI", fontsize=9)
     fig.tight_layout()
