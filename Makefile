@@ -23,6 +23,12 @@ DATA_DIR  ?= $(if $(ADV2_DATA),$(ADV2_DATA),data)
 REAL_DATA := $(DATA_DIR)/datasets/imagenet-samples/manifest.json
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+# Byte-code: pip installs with --no-compile (it compiles file by file on one core: about 80 of the ~165 s of
+# a fresh install on the 2-core AMD host) and each module is compiled the first time a process imports it,
+# so only what is used gets compiled. That needs .pyc writing on: some machines export
+# PYTHONDONTWRITEBYTECODE=1, and then nothing is ever cached and every process recompiles every module it
+# imports (pytest also re-does its assertion rewriting of every test file in every worker).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install real-data demo test test-heavy test-all bench clean-results help
 
@@ -37,10 +43,6 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q --no-compile $(TORCH_SPEC)
 	$(PY) -m pip install -q --no-compile -e '.[dev]'
-	@# byte-compile the venv once on every core: pip compiles file by file on one (about 80 of the ~165 s of a
-	@# fresh install on the 2-core AMD host; -j 0 took 46 s); files that do not compile (py2 leftovers in
-	@# some packages) are skipped, as pip skips them
-	@$(PY) -m compileall -qq -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') >/dev/null || true
 	@touch $(STAMP)
 
 # imagenet-samples (20 labelled ImageNet photos from the foolbox wheel, then the checked extra photos) and
