@@ -74,7 +74,8 @@ def _print_report(report: dict[str, Any] | None) -> None:
     if report.get("headline"):
         typer.echo("\n" + report["headline"].rstrip())
     if report.get("report"):
-        typer.echo(f"\nreport: {report['report']} (all tables, CSV/LaTeX, plots in {report.get('out_dir')})")
+        plots = ", plots" if any(str(p).endswith(".png") for p in report.get("paths") or ()) else ""
+        typer.echo(f"\nreport: {report['report']} (all tables, CSV/LaTeX{plots} in {report.get('out_dir')})")
 
 
 @contextlib.contextmanager

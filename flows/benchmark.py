@@ -142,7 +142,7 @@ def _report(rc: ResolvedConfig, run: dict[str, Any], engine: Any, summary: dict[
     """The report stage; its failure is recorded in the summary, not raised (the results are stored)."""
     try:
         rep = engine.call(_report_task(engine), rc.results_root, run["run_id"], rc.reports_root,
-                          rc.bench.preset, rc.data_root, engine.name == "prefect")
+                          rc.bench.preset, rc.data_root, engine.name == "prefect", rc.bench.pipeline.report_plots)
         summary["report"] = {k: rep.get(k) for k in ("report", "out_dir", "paths", "headline", "skipped",
                                                        "artifacts")}
     except Exception as exc:

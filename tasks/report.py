@@ -54,7 +54,7 @@ def image_loader(run_row: dict[str, Any], data_root: str | Path | None = None) -
 
 
 def make_report(results_root: str | Path, run: str, reports_root: str | Path, *,
-                data_root: str | Path | None = None, grids: bool = True) -> dict[str, Any]:
+                data_root: str | Path | None = None, grids: bool = True, plots: bool = True) -> dict[str, Any]:
     """Build the report of ``run`` (id or ``latest``) into ``<reports_root>/<run_id>/``.
 
     Returns plain data: ``run_id``, ``config_hash``, ``out_dir``, ``report`` (report.md), ``paths``,
@@ -65,8 +65,8 @@ def make_report(results_root: str | Path, run: str, reports_root: str | Path, *,
     from adv2core.report.build import artifact_tables, build_report, headline_markdown
 
     out_dir = Path(reports_root) / row["run_id"]
-    loader = image_loader(row, data_root) if grids else None
-    res = build_report(results_root, row["run_id"], out_dir, load_images=loader)
+    loader = image_loader(row, data_root) if grids and plots else None
+    res = build_report(results_root, row["run_id"], out_dir, load_images=loader, make_plots=plots)
     return {
         "run_id": res.run_id,
         "config_hash": res.config_hash,
@@ -98,9 +98,10 @@ def publish_artifacts(report: dict[str, Any], preset: str) -> list[str]:
 
 
 def run_report_stage(results_root: str, run_id: str, reports_root: str, preset: str, data_root: str,
-                     publish: bool = True) -> dict[str, Any]:
-    """Report-stage body: build the report and (inside a flow) publish it as artifacts."""
-    report = make_report(results_root, run_id, reports_root, data_root=data_root)
+                     publish: bool = True, plots: bool = True) -> dict[str, Any]:
+    """Report-stage body: build the report (``plots``: with its PNG plots) and (inside a flow) publish it
+    as artifacts."""
+    report = make_report(results_root, run_id, reports_root, data_root=data_root, plots=plots)
     if publish:
         report["artifacts"] = publish_artifacts(report, preset)
     report.pop("artifact_tables", None)  # large and already published: keep the summary small

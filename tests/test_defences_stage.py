@@ -223,7 +223,7 @@ def test_cross_fitted_calibration_flags_each_image_against_the_other_folds(tmp_p
             "data.shard_size=6", "attacks.names=[pgd]", "attacks.step_cap=20",
             "attacks.overrides.pgd.alpha=0.0078", f"defences=[{','.join(DEFENCES)}]",
             "defence_settings.cross_fit_folds=2", "defence_settings.fs.combinations=[bit5]",
-            "defence_settings.lid.ks=[3]", "defence_settings.lid.cv_folds=2"]).resolve()
+            "defence_settings.lid.ks=[3]", "defence_settings.lid.cv_folds=2", "pipeline.report_plots=false"]).resolve()
     summary = run_benchmark(rc, engine="inline")
     assert summary["status"] == "completed" and not summary["failures"]
     evaluated = {r["image_id"] for r in _q(root, "SELECT image_id FROM samples WHERE status IN ('ok', 'failed')")}

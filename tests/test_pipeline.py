@@ -29,8 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _smoke(root: Path, *extra: str):
+    # no PNG plots: these tests check the plumbing; the report's plots are tested in test_report.py and
+    # test_defences_stage.py (saves ~1.5 s per report in `make test`)
     return load_config("smoke", overrides=[f"pipeline.results={root}", f"pipeline.reports={root / 'reports'}",
-                                           *extra]).resolve()
+                                           "pipeline.report_plots=false", *extra]).resolve()
 
 
 @pytest.fixture(scope="module")

@@ -469,3 +469,17 @@ def test_single_sort_lists_equal_per_column_lists(synthetic, monkeypatch):
         for ra, rb in zip(a, b):
             assert ra.keys() == rb.keys()
             assert all(_same(ra[k], rb[k]) for k in ra), (ra, rb)
+
+
+def test_provenance_says_when_the_report_is_its_own_runs_last_stage():
+    """A run's report is written before the run's status is recorded: it says so instead of a bare
+    `running` / `ended: -`; a finished run's report shows its status and end time as stored."""
+    from types import SimpleNamespace
+
+    from adv2core.report.build import _provenance
+
+    base = {"git_sha": "abc", "device": "cpu", "seed": 0, "started_at": "t0", "config_json": '{"preset": "quick"}'}
+    live = _provenance(SimpleNamespace(run_id="r1", config_hash="h", run={**base, "status": "running", "ended_at": None}))
+    assert "(running: this report is its last stage)" in live and "ended: after this report" in live
+    done = _provenance(SimpleNamespace(run_id="r1", config_hash="h", run={**base, "status": "completed", "ended_at": "t1"}))
+    assert "(completed)" in done and "ended: t1" in done and "last stage" not in done

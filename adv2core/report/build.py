@@ -80,10 +80,15 @@ def _provenance(result: ReportResult) -> str:
     except ValueError:
         preset = r.get("preset")
     dirty = " (dirty)" if r.get("git_dirty") else ""
+    status = r.get("status", "?")
+    # the report is the flow's last stage: its own run is still `running` when it is written
+    ended = r.get("ended_at") or ("after this report, its last stage" if status == "running" else "-")
+    if status == "running":
+        status = "running: this report is its last stage"
     lines = [
-        f"- run: `{result.run_id}` ({r.get('status', '?')}), preset `{preset}`, config hash `{result.config_hash}`",
+        f"- run: `{result.run_id}` ({status}), preset `{preset}`, config hash `{result.config_hash}`",
         f"- git: `{r.get('git_sha', '?')}`{dirty}; device: {r.get('device', '?')}; seed: {r.get('seed', '?')}",
-        f"- started: {r.get('started_at')}; ended: {r.get('ended_at') or '-'}",
+        f"- started: {r.get('started_at')}; ended: {ended}",
     ]
     return "\n".join(lines)
 
