@@ -16,11 +16,12 @@
   (:mod:`flows.defences`).
 * **report**: DuckDB over the Parquet files -> report files + Prefect artifacts.
 
-Two engines run the same orchestration: Prefect (``benchmark_flow``; a bounded thread pool locally,
+Two engines run the same orchestration: Prefect (``benchmark_flow`` in :mod:`flows.prefect_flows`; a bounded thread pool locally,
 ``DaskTaskRunner(address=...)`` for a cluster) and ``inline`` (plain calls, no server: unit tests and
 debugging). Task bodies are the same functions in both.
 
-This module holds the orchestration, the Prefect flows and the Python entry point; the engines live in
+This module holds the orchestration and the Python entry point (the Prefect flows, which import prefect,
+are in :mod:`flows.prefect_flows`); the engines live in
 :mod:`flows.engines`, the run row / summary bookkeeping in :mod:`flows.bookkeeping`, and the execution
 settings (task runner, Dask cluster check, torch threads) in :mod:`flows.execution`.
 """
@@ -28,7 +29,7 @@ settings (task runner, Dask cluster check, torch threads) in :mod:`flows.executi
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from adv2core.config import BenchConfig, ResolvedConfig
 from adv2core.errors import ConfigError, one_line
@@ -156,58 +157,14 @@ def _report_task(engine: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------- flows
-def _make_flows():
-    from prefect import flow, get_run_logger
-    from prefect.task_runners import ThreadPoolTaskRunner
+def __getattr__(name: str) -> Any:
+    """``benchmark_flow`` / ``scheduled_benchmark`` live in :mod:`flows.prefect_flows` (imported on use, so
+    that the inline engine and the CLI's start never import prefect)."""
+    if name in ("benchmark_flow", "scheduled_benchmark"):
+        from flows import prefect_flows
 
-    @flow(name="adv2-benchmark", task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=False,
-          validate_parameters=False)
-    def benchmark_flow(payload: dict, run: dict) -> dict:
-        """Run one resolved benchmark config (see :func:`run_benchmark` for the Python entry point)."""
-        rc = ResolvedConfig.from_payload(payload)
-        logger = get_run_logger()
-        tracker = Tracker(logger, _progress_artifact(run["run_id"]))
-        summary = orchestrate(rc, run, PrefectEngine(rc), tracker)
-        if summary["failures"]:
-            raise benchmark_failed(summary)
-        return summary
-
-    @flow(name="adv2-scheduled", persist_result=False)
-    def scheduled_benchmark(preset: str = "quick", overrides: list[str] | None = None,
-                            config_file: str | None = None, results: str | None = None) -> dict:
-        """Deployment entry point: resolve a preset (+ overrides) and run it as a subflow.
-
-        A subflow because the task runner (thread pool size or Dask address) comes from the config.
-        """
-        extra = list(overrides or [])
-        if results:
-            extra.append(f"pipeline.results={results}")
-        cfg = load_bench(preset, config_file, extra)
-        rc = cfg.resolve()
-        run = new_run(rc)
-        with execution_context(rc):
-            flow_fn = benchmark_flow.with_options(task_runner=task_runner_for(rc), flow_run_name=run["run_id"])
-            return flow_fn(rc.to_payload(), run)
-
-    return benchmark_flow, scheduled_benchmark
-
-
-def _progress_artifact(run_id: str) -> Callable[[float], None] | None:
-    """A Prefect progress artifact updated as shards finish (None when artifacts are unavailable)."""
-    try:
-        from prefect.artifacts import create_progress_artifact, update_progress_artifact
-
-        art_id = create_progress_artifact(progress=0.0, description=f"shards done, run {run_id}")
-    except Exception:
-        return None
-
-    def update(pct: float) -> None:
-        update_progress_artifact(artifact_id=art_id, progress=pct)
-
-    return update
-
-
-benchmark_flow, scheduled_benchmark = _make_flows()
+        return getattr(prefect_flows, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------------------- entry points
@@ -254,6 +211,8 @@ def run_benchmark(
                 if summary["failures"]:
                     raise benchmark_failed(summary)
                 return summary
+            from flows.prefect_flows import benchmark_flow
+
             with prefect_api(default_prefect_home(rc.data_root), distributed=bool(p.dask_address),
                              heartbeats=p.heartbeats) as api:
                 flow_fn = benchmark_flow.with_options(task_runner=task_runner_for(rc), flow_run_name=run["run_id"])

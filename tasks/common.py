@@ -12,7 +12,7 @@ from adv2core.errors import Adv2Error
 from adv2core.store.layout import ShardUnit
 from adv2core.transient import is_transient  # the one definition of a transient failure
 
-__all__ = ["Deadline", "ShardBudgetExceeded", "identity", "is_transient", "retry_transient", "stage_task", "to_numpy",
+__all__ = ["Deadline", "ShardBudgetExceeded", "StageTask", "identity", "is_transient", "retry_transient", "stage_task", "to_numpy",
            "unit_summary"]
 
 
@@ -81,11 +81,40 @@ def unit_summary(unit: ShardUnit, status: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def stage_task(fn: Any, name: str, run_name: str, retries: int = 2) -> Any:
-    """``fn`` as a Prefect task with the stages' common policy: no Prefect caching or result persistence
-    (resumability lives in the store's manifests), transient failures retried after 5 s, others not."""
-    from prefect import task
-    from prefect.cache_policies import NO_CACHE
+class StageTask:
+    """A stage body with the stages' common Prefect task policy, built into a Prefect task on first use.
 
-    return task(name=name, task_run_name=run_name, cache_policy=NO_CACHE, retries=retries, retry_delay_seconds=5,
-                retry_condition_fn=retry_transient, persist_result=False)(fn)
+    The inline engine calls ``.fn`` and never imports prefect (about 2 s of every ``adv2 run --engine
+    inline`` process and of every CLI test); the Prefect engine's ``with_options`` / ``submit`` / call
+    reach the real task. Policy: no Prefect caching or result persistence (resumability lives in the
+    store's manifests), transient failures retried after 5 s, others not.
+    """
+
+    def __init__(self, fn: Any, name: str, run_name: str, retries: int = 2) -> None:
+        self.fn, self.name, self.run_name, self.retries = fn, name, run_name, retries
+        self._task: Any = None
+
+    @property
+    def task(self) -> Any:
+        if self._task is None:
+            from prefect import task
+            from prefect.cache_policies import NO_CACHE
+
+            self._task = task(name=self.name, task_run_name=self.run_name, cache_policy=NO_CACHE,
+                              retries=self.retries, retry_delay_seconds=5, retry_condition_fn=retry_transient,
+                              persist_result=False)(self.fn)
+        return self._task
+
+    def with_options(self, **options: Any) -> Any:
+        return self.task.with_options(**options)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        return self.task.submit(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.task(*args, **kwargs)
+
+
+def stage_task(fn: Any, name: str, run_name: str, retries: int = 2) -> StageTask:
+    """``fn`` as a (lazily built) Prefect task with the stages' common policy; see :class:`StageTask`."""
+    return StageTask(fn, name, run_name, retries)

@@ -166,3 +166,16 @@ def test_the_cycle_finder_finds_a_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c"]]
     assert _path_in(["a", "b", "c"], graph) == "a -> b -> c -> a"
+
+
+def test_the_inline_engine_and_the_cli_start_without_prefect():
+    """`adv2 run --engine inline` (and every CLI test that starts one) must not pay prefect's ~2 s import:
+    the flow/task modules build their Prefect objects only when the Prefect engine asks for them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, adv2cli.main, flows.benchmark, tasks.attack, tasks.benign, tasks.defences, "
+            "tasks.prepare, tasks.transfer, tasks.report; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect')[:5])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]", f"imported at module level: {out.stdout.strip()}"
