@@ -1,5 +1,5 @@
 # adv2-bench — `make demo` and `make test` work on a fresh clone with nothing installed.
-# pip (not uv): torch/torchvision are served from the local wheel cache on the dev machines.
+# pip for torch/torchvision (served from the local wheel cache on the dev machines), uv for the other packages.
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
