@@ -61,7 +61,6 @@ class Classifier(nn.Module):
         class_names: Sequence[str] | None = None,
         twin_tau: float | None = None,
         lid_layers: Sequence[str] | None = None,
-        cpu_channels_last: bool = True,
     ) -> None:
         super().__init__()
         if head not in HEAD_KINDS:
@@ -89,27 +88,14 @@ class Classifier(nn.Module):
         #: Submodule names (``get_submodule``) whose outputs are LID's features for this model, when the generic
         #: rule of adv2core/defences/lid.py (the children of ``backbone``) does not see its stages.
         self.lid_layers = None if lid_layers is None else tuple(lid_layers)
-        #: Evaluation on CPU runs the backbone on a channels_last input (see :meth:`normalize`).
-        self.cpu_channels_last = bool(cpu_channels_last)
         scale = float(input_scale)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).div(scale).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).div(scale).view(1, -1, 1, 1))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """(x - mean) / std in the backbone's channel order.
-
-        In eval mode on CPU the result is channels_last: oneDNN's convolutions then run 20-30 % faster on
-        the 2-core AMD EPYC host (mini models, batches of 16-64, forward + input gradient, 1 and 2 threads;
-        measured 2026-12-02), as MASK and RTS training already did for their own passes. Values are the
-        same up to float rounding. Training mode keeps the given layout, so classifier checkpoints do not
-        change; user networks (:class:`HookedClassifier`) keep theirs, as their code may ``view`` a map.
-        """
         if self.channel_order == "bgr":
             x = x.flip(1)
-        x = (x - self.mean) / self.std
-        if self.cpu_channels_last and not self.training and x.device.type == "cpu" and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return (x - self.mean) / self.std
 
     def features_normalized(self, xn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(CAM-layer map, logits) from an already normalised input."""
@@ -162,7 +148,6 @@ class HookedClassifier(Classifier):
 
     def __init__(self, name: str, net: nn.Module, cam_layer: str, fc: nn.Linear, mean, std, input_size: int,
                  family: str, **kw) -> None:
-        kw.setdefault("cpu_channels_last", False)
         super().__init__(name, net, fc, mean, std, input_size, family, **kw)
         self.cam_layer = cam_layer
         self._tap = net.get_submodule(cam_layer)
