@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from adv2core.bench.cell import select_population  # noqa: E402
 from adv2core.data.synthetic import EmbeddedDataset  # noqa: E402
 from adv2core.gates import GatesConfig, check_interpreter  # noqa: E402
 from adv2core.interpreters.config import load_interpreter_config  # noqa: E402
@@ -44,10 +45,8 @@ def main() -> int:
     print("|---|---|---|---|---|")
     for name in args.model or ["resnet-mini", "densenet-mini"]:
         model = load_model(name)
-        batch = EmbeddedDataset("test").load(list(range(48)))
-        with torch.no_grad():
-            ok = (model(batch.images).argmax(1) == batch.labels).nonzero().flatten()[:32]
-        b = batch.select(ok)
+        correct, _ = select_population(model, EmbeddedDataset("test").load(list(range(48))), "correct")
+        b = correct.select(torch.arange(min(32, len(correct))))
         for raw in args.set:
             cfg = base.model_copy(update=json.loads(raw))
             interp = build_interpreter(interpreter_spec("mask", config=cfg.model_dump()), model)

@@ -28,16 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adv2core.attacks.config import load_preset  # noqa: E402
+from adv2core.attacks.losses import cw_margin  # noqa: E402
 from adv2core.attacks.registry import build_attack  # noqa: E402
 from adv2core.attacks.targets import target_classes  # noqa: E402
+from adv2core.bench.cell import select_population  # noqa: E402
 from adv2core.data.synthetic import EmbeddedDataset  # noqa: E402
 from adv2core.models.registry import load_model  # noqa: E402
 from machine import machine_line  # noqa: E402
-
-
-def _margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    other = logits.masked_fill(F.one_hot(target, logits.shape[1]).bool(), float("-inf")).max(1).values
-    return logits.gather(1, target[:, None])[:, 0] - other
 
 
 def float_trace(model, x, target, loss: str, eps: float, steps: int) -> tuple[list[float], list[int]]:
@@ -46,10 +43,9 @@ def float_trace(model, x, target, loss: str, eps: float, steps: int) -> tuple[li
     for _ in range(steps):
         xr = xa.detach().requires_grad_(True)
         logits = model(xr)
-        m = _margin(logits, target)
-        obj = F.cross_entropy(logits, target, reduction="sum") if loss == "ce" else (-m).clamp(min=-5).sum()
+        obj = F.cross_entropy(logits, target, reduction="sum") if loss == "ce" else cw_margin(logits, target, -5.0).sum()
         (g,) = torch.autograd.grad(obj, xr)
-        best = torch.maximum(best, m.detach())
+        best = torch.maximum(best, -cw_margin(logits.detach(), target))
         xa = (x + (xa - eps / 8 * g.sign() - x).clamp(-eps, eps)).clamp(0, 1).detach()
     with torch.no_grad():
         pred = model(xa).argmax(1)
@@ -64,10 +60,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
-    batch = EmbeddedDataset("test").load(list(range(args.images)))
-    with torch.no_grad():
-        ok = (model(batch.images).argmax(1) == batch.labels).nonzero().flatten()
-    b = batch.select(ok)
+    b, _ = select_population(model, EmbeddedDataset("test").load(list(range(args.images))), "correct")
     target = target_classes(b.labels, b.ids, model.num_classes, seed=0)
     pgd = load_preset("quick").pgd
     print(f"# {args.model}: {len(b)} of the first {args.images} test images correct; quick PGD eps {pgd.eps:g}, "
