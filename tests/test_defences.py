@@ -168,3 +168,35 @@ def test_ensemble_score_is_zero_for_agreeing_maps_and_grows_with_disagreement():
     assert (half > 0.2).all() and (inverted > half).all() and (inverted <= 1).all()
     with pytest.raises(ConfigError, match=">= 2 interpreters"):
         disagreement({"cam": coarse})
+
+
+def test_ensemble_flags_pgd_examples_at_5_percent_fpr(halves, small_data_cfg):
+    """Grad and CAM of resnet-mini disagree more on successful PGD examples than on benign images: threshold
+    at 5 % FPR on the calibration half's benign maps (for y), detection on the evaluation half's successful
+    examples (maps for c_t, the class they are classified as), as the defence stage scores them.
+    Measured on the 2-core AMD EPYC host with one and with two threads (2026-12-02, same to 3 decimals):
+    83 of 96 examples successful, detection 0.45 [Wilson 0.34, 0.55], held-out benign FPR 0.04, AUC 0.86,
+    mean score 0.40 benign vs 0.57 adversarial. With 10 PGD steps instead of 4: detection 0.38, AUC 0.83."""
+    from adv2core.attacks.config import load_preset
+    from adv2core.attacks.targets import target_classes
+    from adv2core.bench.cell import default_interpreter
+
+    model, a, _, b, xb = halves
+    quick = load_preset("quick")
+    interps = {n: default_interpreter(n, model, quick) for n in ("grad", "cam")}
+    det = EnsembleDetector(interps)
+
+    def score(x, cls):
+        return det.score({n: interp.explain(x, cls) for n, interp in interps.items()})
+
+    t = target_classes(b.labels, b.ids, small_data_cfg.num_classes, seed=0)
+    with torch.no_grad():
+        ok = (model(xb).argmax(1) == t).nonzero().flatten()
+    assert len(ok) >= 48, f"only {len(ok)} of 96 PGD examples succeeded"
+    cal, ben, adv = score(a.images, a.labels), score(b.images, b.labels), score(xb[ok], t[ok])
+    r = evaluate_detector(cal, a.ids, ben, b.ids, adv, [b.ids[i] for i in ok.tolist()])
+    print(f"ensemble: detection {r.detection_rate:.3f} [{r.detection_rate_lo:.3f}, {r.detection_rate_hi:.3f}] held-out "
+          f"benign FPR {r.benign_fpr:.3f} AUC {r.auc:.3f}; mean score benign {ben.mean():.3f} adversarial {adv.mean():.3f}")
+    assert r.calibration_fpr <= 0.05
+    assert r.detection_rate_lo > 0.15  # Wilson lower bound well above the 5 % FPR, as for feature squeezing
+    assert r.auc > 0.7
