@@ -30,8 +30,8 @@ TINY_RTS = dict(decoder_base=8, black_box_autocast="off")
 #: AID test (quick preset's AID on the tests' RTS masker): images, and bars set from the measurements in
 #: the test's docstring
 AID_IMAGES = 32
-AID_MIN_IOU_DROP = 0.02
-AID_MIN_L1_RATIO = 1.1
+AID_MIN_IOU_DROP = 0.01
+AID_MIN_L1_RATIO = 1.05
 AID_LOC_FLOOR = 0.35
 TINY_AID = dict(iterations=1, batch_size=2, attack_stage1_steps=1, attack_steps=1, lr=1e-2, attack_eps=0.0627,
                 attack_alpha=0.0157)
@@ -289,12 +289,13 @@ def test_aid_makes_adv2_maps_less_similar_and_keeps_localisation(model, small_da
     top-k IoU, higher L1) than against the masker it started from, on the same images and targets, while
     the hardened masker still localises the object (true class above a floor and above the wrong class).
 
-    Measured with benchmarks/aid_sweep.py on the 2-core AMD EPYC host (2026-12-02; before AID: IoU 0.748,
-    L1 0.0505, localisation 0.449 true / 0.383 wrong class), AID seeds 0-2 at one thread and 0-1 at two:
-    IoU 0.692-0.711 (drop 0.038-0.056), L1 0.063-0.069 (x 1.26-1.37), localisation 0.456-0.507 true /
-    0.176-0.232 wrong; 32 of 32 successful each time. This test (seed 0, two threads): 0.748 -> 0.692,
-    0.0505 -> 0.0691, 0.467 / 0.195. With adv_weight 1 and the rest the same, L1 rose only 6-29 %
-    over the same five runs."""
+    Measured with benchmarks/aid_sweep.py on the 2-core AMD EPYC host (2026-12-02, one thread), AID seeds 0-2
+    on two base maskers (fixture and RTS trained at two threads, as `make test-heavy` does; and at one thread,
+    as CI's one-thread pass does): IoU drop 0.043-0.073 / 0.021-0.065, L1 x 1.35-1.43 / x 1.11-1.24,
+    localisation >= 0.43 true and >= 0.28 above the wrong class; README "Adaptive ADV^2 and AID" has the table.
+    This test at two threads on the two-thread base (what `make test-heavy` runs): IoU 0.748 -> 0.711, L1
+    0.0505 -> 0.0737, localisation 0.487 / 0.155. The bars sit below the worst run; the effect is small, so
+    they are not far below it."""
     import numpy as np
 
     from adv2core.bench.cell import run_cell
