@@ -38,7 +38,7 @@ from adv2core.interpreters.rts import RTS, RTSAID  # noqa: E402
 from adv2core.models.registry import train_embedded  # noqa: E402
 from adv2core.models.training import TrainConfig  # noqa: E402
 
-#: the test suite's data, fixture training and RTS settings (tests/conftest.py, tests/test_adaptive.py)
+#: the test suite's data, fixture training and RTS settings (copies of tests/conftest.py's; keep them equal)
 DATA = EmbeddedDataConfig(seed=0, image_size=64, num_classes=8, train_per_class=160, test_per_class=24)
 TRAIN = TrainConfig(epochs=8, batch_size=64, lr=0.05, max_plateau_epochs=60)
 SMALL_RTS = {"phase2_iterations": 200, "phase2_lr_step": 140, "quality_min_iou": 0.0, "quality_min_gap": 0.0}

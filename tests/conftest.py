@@ -124,6 +124,14 @@ def trained_densenet(small_data_cfg, small_train_cfg):
 
 
 @pytest.fixture(scope="session")
+def small_rts_update():
+    """Overrides of the quick RTS recipe for the tests' masking model: 200 decoder iterations instead of 500
+    and no quality bar (the tests need a trained, differentiable masker to attack; tests/test_rts.py checks
+    training). Shared, so the ADV^2-RTS and AID tests train one masker into the cache."""
+    return {"phase2_iterations": 200, "phase2_lr_step": 140, "quality_min_iou": 0.0, "quality_min_gap": 0.0}
+
+
+@pytest.fixture(scope="session")
 def test_batch(small_data_cfg):
     """The first 16 test images of the small embedded set (a Batch with ground-truth masks)."""
     from adv2core.data.synthetic import EmbeddedDataset

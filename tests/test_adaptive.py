@@ -283,7 +283,7 @@ def test_aid_on_a_model_it_cannot_train_is_a_gate_refusal_with_one_line(model):
 @pytest.mark.slow
 @pytest.mark.heavy  # trains the tests' RTS masking model (~90 s, shared with test_attacks_adv2) and AID (~60 s)
 @pytest.mark.quality
-def test_aid_makes_adv2_maps_less_similar_and_keeps_localisation(model, small_data_cfg):
+def test_aid_makes_adv2_maps_less_similar_and_keeps_localisation(model, small_data_cfg, small_rts_update):
     """AID with the quick preset's settings, on the tests' 200-iteration RTS masking model of resnet-mini:
     ADV^2-RTS (quick preset) against the hardened masker ends further from that masker's benign maps (lower
     top-k IoU, higher L1) than against the masker it started from, on the same images and targets, while
@@ -298,21 +298,18 @@ def test_aid_makes_adv2_maps_less_similar_and_keeps_localisation(model, small_da
     they are not far below it."""
     import numpy as np
 
-    from adv2core.bench.cell import run_cell
+    from adv2core.bench.cell import run_cell, select_population
     from adv2core.data.synthetic import EmbeddedDataset
     from adv2core.interpreters.localization import localization_report
 
-    small_rts = {"phase2_iterations": 200, "phase2_lr_step": 140, "quality_min_iou": 0.0, "quality_min_gap": 0.0}
     cfgs = load_interpreter_config("quick")
-    rts = build_interpreter(InterpreterSpec("rts", cfgs["rts"].model_copy(update=small_rts)), model,
+    rts = build_interpreter(InterpreterSpec("rts", cfgs["rts"].model_copy(update=small_rts_update)), model,
                             data_cfg=small_data_cfg, train_if_missing=True)
-    aid = build_interpreter(InterpreterSpec("rts-aid", cfgs["rts-aid"].model_copy(update=small_rts)), model,
+    aid = build_interpreter(InterpreterSpec("rts-aid", cfgs["rts-aid"].model_copy(update=small_rts_update)), model,
                             data_cfg=small_data_cfg, train_if_missing=True)
     ds = EmbeddedDataset("test", small_data_cfg)
-    pool = ds.load(list(range(64)))
-    with torch.no_grad():
-        ok = (model(pool.images).argmax(1) == pool.labels).nonzero().flatten()[:AID_IMAGES].tolist()
-    batch = pool.select(ok)
+    correct = select_population(model, ds.load(list(range(64))), "correct")[0]
+    batch = correct.select(list(range(min(AID_IMAGES, len(correct)))))
     res = {i.name: run_cell("resnet-mini", i.name, "adv2", batch, QUICK, seed=0, device="cpu", model=model, interpreter=i)
            for i in (rts, aid)}
     both = np.array([a["success"] and b["success"] for a, b in zip(res["rts"].rows, res["rts-aid"].rows)])

@@ -39,15 +39,12 @@ STADV_MAX_RATIO = 0.85
 MIN_SUCCESS_DENSENET = 0.7
 
 
-def _interpreter(name, model, small_data_cfg):
+def _interpreter(name, model, small_data_cfg, small_rts_update):
     if name == "rts":
         from adv2core.interpreters.config import load_interpreter_config
         from adv2core.interpreters.registry import InterpreterSpec, build_interpreter
 
-        # 200 decoder iterations instead of the preset's 500: the test needs a trained, differentiable
-        # masking model to attack, not the localisation quality bar (tests/test_rts.py checks training)
-        cfg = load_interpreter_config("quick")["rts"].model_copy(update={
-            "phase2_iterations": 200, "phase2_lr_step": 140, "quality_min_iou": 0.0, "quality_min_gap": 0.0})
+        cfg = load_interpreter_config("quick")["rts"].model_copy(update=small_rts_update)  # conftest.py
         return build_interpreter(InterpreterSpec("rts", cfg), model, data_cfg=small_data_cfg, train_if_missing=True)
     if name == "mask":
         # 60 solver iterations instead of the interpreter preset's 120 halves the test's cost; at 64x64 the
@@ -100,9 +97,10 @@ def _compare(model_name, model, interp, batch):
 # (.ci/run) runs them too: every margin here is checked on two floating-point paths.
 @pytest.mark.parametrize("interpreter", ["cam", *(pytest.param(i, marks=[pytest.mark.heavy, pytest.mark.quality])
                                                   for i in ("grad", "rts", "mask"))])
-def test_adv2_fools_the_classifier_and_keeps_the_map(interpreter, trained_resnet, test_batch, small_data_cfg):
+def test_adv2_fools_the_classifier_and_keeps_the_map(interpreter, trained_resnet, test_batch, small_data_cfg,
+                                                     small_rts_update):
     model = trained_resnet[0]
-    interp = _interpreter(interpreter, model, small_data_cfg)
+    interp = _interpreter(interpreter, model, small_data_cfg, small_rts_update)
     succ, succ_pgd, l1_adv, l1_pgd, n_both = _compare("resnet-mini", model, interp, _correctly_classified(model, test_batch))
     print(f"\n[{interpreter}] success adv2 {succ:.3f} pgd {succ_pgd:.3f}  L1 adv2 {l1_adv:.4f} pgd {l1_pgd:.4f}  (n={n_both})")
     assert succ >= MIN_SUCCESS[interpreter]
