@@ -34,9 +34,15 @@ MIN_SUCCESS = {"grad": 0.8, "cam": 0.9, "rts": 0.9, "mask": 0.9}
 #: and 0.79 (0.0967 / 0.1223, seed 0) on the AMD EPYC box, whose fixture differs. 0.85 keeps >= 0.18
 #: of margin here and 0.06 there; the old absolute gap of 0.05 failed on AMD (gap 0.026).
 STADV_MAX_RATIO = 0.85
-#: Measured when the densenet-mini fixture was at chance accuracy (~11 %): ADV^2-CAM success 0.81 (PGD 0.94),
-#: L1 0.280 -> 0.131. The fixture now trains with the plateau-anchored recipe; this bar was not re-measured.
+#: densenet-mini / CAM on its fixture (AMD EPYC 2-core, 2026-12-02, attack seeds 0 / 1 / 2, all 16 images
+#: correctly classified on both paths). The fixture differs by thread count: one thread trains it to 0.943
+#: test accuracy (plateau left at step 290), two threads to 1.000 (step 390).
+#:   one thread:  success ADV^2 0.94 / 0.81 / 0.94 (PGD 0.94 / 0.88 / 1.00); L1 ratio ADV^2/PGD 0.713 / 0.621 / 0.688
+#:   two threads: success ADV^2 0.94 / 0.88 / 0.94 (PGD 0.94 / 0.88 / 0.88); L1 ratio 0.595 / 0.476 / 0.525
+#: The old bar (ratio 0.7, resnet-mini's) was set on the two-thread numbers and failed CI's one-thread pass
+#: (0.713). 0.85 keeps >= 0.14 of headroom on the worst run; success 0.7 keeps one image to spare.
 MIN_SUCCESS_DENSENET = 0.7
+MAX_RATIO_DENSENET_CAM = 0.85
 
 
 def _interpreter(name, model, small_data_cfg, small_rts_update):
@@ -114,10 +120,12 @@ def test_adv2_fools_the_classifier_and_keeps_the_map(interpreter, trained_resnet
 def test_adv2_cam_on_densenet(trained_densenet, test_batch):
     model = trained_densenet[0]
     interp = default_interpreter("cam", model, QUICK)
-    succ, succ_pgd, l1_adv, l1_pgd, n_both = _compare("densenet-mini", model, interp, test_batch)
+    succ, succ_pgd, l1_adv, l1_pgd, n_both = _compare("densenet-mini", model, interp,
+                                                      _correctly_classified(model, test_batch))
     print(f"\n[densenet cam] success adv2 {succ:.3f} pgd {succ_pgd:.3f}  L1 adv2 {l1_adv:.4f} pgd {l1_pgd:.4f}")
     assert succ >= MIN_SUCCESS_DENSENET
-    assert l1_adv <= MAX_RATIO["cam"] * l1_pgd
+    assert n_both >= 8
+    assert l1_adv <= MAX_RATIO_DENSENET_CAM * l1_pgd, (l1_adv, l1_pgd)
 
 
 @pytest.mark.slow
