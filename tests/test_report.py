@@ -483,3 +483,31 @@ def test_provenance_says_when_the_report_is_its_own_runs_last_stage():
     assert "(running: this report is its last stage)" in live and "ended: after this report" in live
     done = _provenance(SimpleNamespace(run_id="r1", config_hash="h", run={**base, "status": "completed", "ended_at": "t1"}))
     assert "(completed)" in done and "ended: t1" in done and "last stage" not in done
+
+
+def test_provenance_names_the_settings_that_depart_from_the_presets():
+    """A step-capped or overridden run says so in its report (from its stored config alone), naming the settings
+    and the preset values; a run of the presets as they are gets no such line."""
+    from types import SimpleNamespace
+
+    from adv2core.config import load_config
+    from adv2core.config.resolve import preset_departures
+    from adv2core.report.build import _provenance
+
+    plain = load_config("quick").resolve()
+    assert preset_departures(plain.hashed()) == []
+    capped = load_config("quick", overrides=["attacks.step_cap=5", "attacks.overrides.pgd.eps=0.03"]).resolve()
+    deps = preset_departures(capped.hashed())
+    assert "attacks.pgd.steps 5 (preset quick: 40)" in deps and "attacks.pgd.eps 0.03 (preset quick: 0.0627)" in deps
+    assert "attacks.adv2.cam.stage1_steps 5 (preset quick: 40)" in deps
+    assert not [d for d in deps if d.startswith("interpreters.")]  # the cap here is the attacks section's only
+
+    def provenance(rc):
+        run = {"git_sha": "abc", "device": "cpu", "seed": 0, "started_at": "t0", "status": "completed", "ended_at": "t1",
+               "preset": "quick", "config_json": rc.canonical_json()}
+        return _provenance(SimpleNamespace(run_id="r1", config_hash=rc.config_hash, run=run))
+
+    line = provenance(capped).splitlines()[-1]
+    assert line.startswith(f"- **departs from its attack / interpreter presets in {len(deps)} settings**") and f"`{deps[0]}`" in line
+    assert f"and {len(deps) - 6} more" in line
+    assert "departs from" not in provenance(plain)

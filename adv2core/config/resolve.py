@@ -195,6 +195,39 @@ def _prune(kind: str, full: dict[str, Any], names: list[str], interpreters: list
     return out
 
 
+def preset_departures(hashed: Mapping[str, Any]) -> list[str]:
+    """Where a stored run config (:meth:`ResolvedConfig.hashed`, the ``runs.config_json``) departs from its
+    attack and interpreter presets as they resolve today: a step cap, overrides, or a preset edited since.
+
+    One ``"<kind>.<path> <value> (preset <name>: <value>)"`` per differing setting, in key order; a preset
+    that no longer resolves gives one line saying so. Empty for a run of the presets as they are."""
+    cfg = hashed.get("config") or {}
+    out: list[str] = []
+    for kind in ("attacks", "interpreters"):
+        sec = cfg.get(kind) or {}
+        stored, preset = sec.get("params"), sec.get("preset")
+        if not isinstance(stored, dict) or not preset:
+            continue
+        names = list(sec.get("names") or [])
+        interps = list((cfg.get("interpreters") or {}).get("names") or []) if kind == "attacks" else names
+        try:
+            fresh = _validate_params(kind, _preset_yaml(kind, preset), names, None, interps)
+        except ConfigError as exc:
+            out.append(f"{kind}: preset {preset!r} does not resolve any more ({exc})")
+            continue
+        out += [f"{kind}.{path} {a!r} (preset {preset}: {b!r})" for path, a, b in _leaf_diff(stored, fresh)]
+    return out
+
+
+def _leaf_diff(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[tuple[str, Any, Any]] = []
+        for k in sorted(set(a) | set(b)):
+            out += _leaf_diff(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    return [] if a == b else [(path, a, b)]
+
+
 # ---------------------------------------------------------------------------------------- paths
 def _expand(p: str) -> Path:
     return Path(os.path.expandvars(p)).expanduser()

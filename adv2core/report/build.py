@@ -90,7 +90,27 @@ def _provenance(result: ReportResult) -> str:
         f"- git: `{r.get('git_sha', '?')}`{dirty}; device: {r.get('device', '?')}; seed: {r.get('seed', '?')}",
         f"- started: {r.get('started_at')}; ended: {ended}",
     ]
+    departures = _departures(r.get("config_json"))
+    if departures:
+        more = f"; and {len(departures) - _MAX_DEPARTURES} more" if len(departures) > _MAX_DEPARTURES else ""
+        lines.append(f"- **departs from its attack / interpreter presets in {len(departures)} settings** (a step cap, "
+                     f"overrides, or a preset file edited since the run): "
+                     + "; ".join(f"`{d}`" for d in departures[:_MAX_DEPARTURES]) + more)
     return "\n".join(lines)
+
+
+_MAX_DEPARTURES = 6
+
+
+def _departures(config_json: str | None) -> list[str]:
+    """adv2core.config.resolve.preset_departures of a stored config ([] when there is none to compare)."""
+    from adv2core.config.resolve import preset_departures
+
+    try:
+        hashed = json.loads(config_json or "{}")
+    except ValueError:
+        return []
+    return preset_departures(hashed) if isinstance(hashed, dict) else []
 
 
 def _report_markdown(result: ReportResult) -> str:
