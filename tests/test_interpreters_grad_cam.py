@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from adv2core.interpreters import CAM, Grad, minmax_normalize
-from adv2core.models.mini import densenet_mini, resnet_mini
+from adv2core.models.mini import DENSENET_STEMS, densenet_mini, resnet_mini
 from adv2core.models.surrogate import SmoothReLUMode, smooth_relu_grad
 from adv2core.models import torchvision_models as tv
 
@@ -27,6 +27,14 @@ def mini(request):
             m.running_mean.normal_(0, 0.2)
             m.running_var.uniform_(0.5, 1.5)
     return model
+
+
+def test_densenet_stems_keep_the_feature_map_and_reject_unknown_names():
+    x = torch.rand(2, 3, 64, 64)
+    feats = [_frozen(densenet_mini(8, 64, stem=s)).features(x)[0] for s in DENSENET_STEMS]
+    assert {tuple(f.shape) for f in feats} == {(2, feats[0].shape[1], 8, 8)}  # stride 8 with every stem
+    with pytest.raises(ValueError, match="unknown stem 'conv-s4'"):
+        densenet_mini(8, 64, stem="conv-s4")
 
 
 def _batch(n=4, s=64, seed=1):

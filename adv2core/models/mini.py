@@ -46,15 +46,26 @@ def resnet_mini(num_classes: int, input_size: int = 64, widths=(16, 32, 64, 128)
     return Classifier("resnet-mini", backbone, fc, EMBEDDED_MEAN, EMBEDDED_STD, input_size, "resnet")
 
 
-def densenet_mini(num_classes: int, input_size: int = 64, growth_rate: int = 12, block_config=(4, 4, 4)) -> Classifier:
+#: densenet-mini stems: ``conv-s2`` (the default) a 3x3 stride-2 convolution, no pooling; ``conv-maxpool`` a
+#: 3x3 stride-1 convolution then a 2x2 max-pool (as torchvision's conv + pool stem, scaled down), an
+#: alternative under study (benchmarks/densenet_stem.py, docs/densenet-stem.md).
+DENSENET_STEMS = ("conv-s2", "conv-maxpool")
+
+
+def densenet_mini(num_classes: int, input_size: int = 64, growth_rate: int = 12, block_config=(4, 4, 4),
+                  stem: str = "conv-s2") -> Classifier:
     """torchvision DenseNet with a 3x3 stride-2 stem (no max-pool) and two transitions: stride 8.
 
     A stride-1 stem with three transitions also gives stride 8 but runs its first dense block at full
-    resolution, 2.5x slower for no accuracy gain here.
+    resolution, 2.5x slower for no accuracy gain here. ``stem`` (:data:`DENSENET_STEMS`) picks the stem;
+    every stem halves the resolution once, so the feature maps are the same size.
     """
+    if stem not in DENSENET_STEMS:
+        raise ValueError(f"densenet_mini: unknown stem {stem!r}; choose one of {', '.join(DENSENET_STEMS)}")
     net = DenseNet(growth_rate=growth_rate, block_config=block_config, num_init_features=2 * growth_rate, bn_size=4, num_classes=num_classes)
-    net.features.conv0 = nn.Conv2d(3, 2 * growth_rate, 3, stride=2, padding=1, bias=False)
-    net.features.pool0 = nn.Identity()
+    stride = 2 if stem == "conv-s2" else 1
+    net.features.conv0 = nn.Conv2d(3, 2 * growth_rate, 3, stride=stride, padding=1, bias=False)
+    net.features.pool0 = nn.Identity() if stem == "conv-s2" else nn.MaxPool2d(2)
     # DenseNet's final ReLU is functional in torchvision; a module here so CAM and the twin see it.
     backbone = nn.Sequential(net.features, nn.ReLU(inplace=False))
     return Classifier("densenet-mini", backbone, net.classifier, EMBEDDED_MEAN, EMBEDDED_STD, input_size, "densenet")
