@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import torch  # noqa: E402
 
 from adv2core.models.mini import DENSENET_STEMS  # noqa: E402
-from machine import machine_line  # noqa: E402
+from machine import machine_line, publish  # noqa: E402
 
 LOC_IMAGES = 32
 
@@ -141,9 +141,7 @@ def main() -> int:
               f"{LOC_IMAGES} (issue #10's bar for MASK: 0.3); the quick MASK cell's ADV² / PGD L1 ratio (bar 0.6) and "
               f"IoU gain (bar 0.1) on those {LOC_IMAGES}.")
     text = render(rows, header)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish(text, args.out)
     return 0
 
 

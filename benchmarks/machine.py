@@ -23,3 +23,10 @@ def machine_line() -> str:
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu_name()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+
+
+def publish(text: str, out: Path | None) -> None:
+    """Print a generated report and, with ``--out``, write it there."""
+    print(text)
+    if out:
+        out.write_text(text)

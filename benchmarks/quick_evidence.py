@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from machine import machine_line  # noqa: E402
+from machine import machine_line, publish  # noqa: E402
 TABLES = ("table0_population", "table1_success", "table2_distances", "table7_shape_check", "table5_localisation")
 
 
@@ -87,9 +87,7 @@ def main() -> int:
     for key, v in score["localization"].items():
         lines.append(f"| {key} | {v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}] | {v['wrong_class_mean']:.3f} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish(text, args.out)
     return 0
 
 

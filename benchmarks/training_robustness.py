@@ -27,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from machine import machine_line  # noqa: E402
+from machine import machine_line, publish  # noqa: E402
 MODELS = ("resnet-mini", "densenet-mini")
 ACC_BAR = 0.97
 RTS_TRUE_BAR, RTS_GAP_BAR = 0.45, 0.15
@@ -200,9 +200,7 @@ def _render(args: argparse.Namespace, rows: list[dict], rts_rows: list[dict], se
             else:
                 lines.append(f"| {r['model']} | {r['seed']} | error: {r['error']} | | | |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish(text, args.out)
     return 0 if ok_acc and ok_rts else 1
 
 
