@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import torch  # noqa: E402
 
 from adv2core.models.mini import DENSENET_STEMS  # noqa: E402
+from cell_sweep import summarise  # noqa: E402
 from machine import machine_line, publish  # noqa: E402
 
 LOC_IMAGES = 32
@@ -65,9 +66,9 @@ def measure(stem: str, seed: int, images: int, adv2_mask: bool) -> dict:
     preset = load_preset("quick")
     b, _ = select_population(model, EmbeddedDataset("test").load(list(range(images))), "correct")
     target = target_classes(b.labels, b.ids, model.num_classes, seed=0)
+    atk = build_attack("pgd", model, None, "quick")
     hits = []
     for s in range(0, len(b), 16):  # the run's attack batch size
-        atk = build_attack("pgd", model, None, "quick")
         hits.append(atk(b.images[s:s + 16], target[s:s + 16], ids=b.ids[s:s + 16]).success)
     hit = torch.cat(hits)
     row.update(pgd_n=len(b), pgd_success=hit.float().mean().item(), pgd_success_32=hit[:32].float().mean().item())
@@ -78,15 +79,10 @@ def measure(stem: str, seed: int, images: int, adv2_mask: bool) -> dict:
         row[f"loc_{name}"] = [r["loc_true"], r["loc_control"]]
         if name == "mask" and adv2_mask:
             benign = interp.explain(c.images, c.labels.long(), ids=list(c.ids))
-            out = {}
-            for attack in ("pgd", "adv2"):
-                rows = run_cell("densenet-mini", "mask", attack, c, preset, seed=0, device=torch.device("cpu"),
-                                model=model, interpreter=interp, benign_maps=benign).rows
-                ok = [x for x in rows if x["status"] == "ok"]
-                succ = [x for x in ok if x["success"]]
-                out[attack] = {"success": len(succ) / max(len(ok), 1),
-                               "l1": sum(x["l1"] for x in succ) / max(len(succ), 1),
-                               "iou": sum(x["iou_mean"] for x in succ) / max(len(succ), 1)}
+            out = {attack: summarise(run_cell("densenet-mini", "mask", attack, c, preset, seed=0,
+                                              device=torch.device("cpu"), model=model, interpreter=interp,
+                                              benign_maps=benign).rows)
+                   for attack in ("pgd", "adv2")}
             row["mask_cell"] = out
             row["mask_l1_ratio"] = out["adv2"]["l1"] / out["pgd"]["l1"] if out["pgd"]["l1"] else float("nan")
             row["mask_iou_gain"] = out["adv2"]["iou"] - out["pgd"]["iou"]
