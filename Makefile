@@ -32,13 +32,14 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # imports (pytest also re-does its assertion rewriting of every test file in every worker).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install real-data demo test test-heavy test-all bench clean-results help
+.PHONY: install real-data demo test test-heavy test-all bench bench-gpu clean-results help
 
 help:
 	@echo "make demo   - install, then run the main benchmark on the embedded default (quick preset)"
 	@echo "make test   - install, then the test suite without the heavy tests (under 10 min on 2 cores)"
 	@echo "make test-heavy - the heavy end-to-end tests (paper preset, Dask clusters, densenet ADV2, deployment); CI runs them too"
 	@echo "make bench  - speed/memory benchmarks -> BENCHMARKS.md"
+	@echo "make bench-gpu - the same on CUDA -> BENCHMARKS-gpu.md, and the host-sync audit -> docs/gpu-syncs.md"
 
 # torch/torchvision with pip (it takes them from this machine's disk; uv would download a CUDA build), the
 # other ~150 packages with uv into the same venv (it keeps the installed torch, which satisfies the range):
@@ -84,6 +85,11 @@ test-all: test test-heavy
 
 bench: $(STAMP) $(REAL_DATA)
 	$(PY) benchmarks/run.py --out BENCHMARKS.md
+
+# On a GPU host: the same benchmarks on CUDA, and the audit of host syncs in the attack loops.
+bench-gpu: $(STAMP) $(REAL_DATA)
+	$(PY) benchmarks/run.py --device cuda --out BENCHMARKS-gpu.md
+	$(PY) benchmarks/cuda_syncs.py --out docs/gpu-syncs.md
 
 clean-results:
 	rm -rf data/results data/reports

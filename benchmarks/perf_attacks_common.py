@@ -42,7 +42,8 @@ def try_spawn(job: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
 
 def spawn(job: dict[str, Any], timeout: float = 900, threads: int | None = None,
           fixed_mmap: bool = False) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # the repo first, then whatever the caller's PYTHONPATH holds (a GPU host's extra site dir, say)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     if fixed_mmap:  # every allocation >= 128 KiB is its own mapping, returned to the OS when freed
         env["MALLOC_MMAP_THRESHOLD_"] = "131072"
     if threads is not None:

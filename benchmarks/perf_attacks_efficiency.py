@@ -80,8 +80,10 @@ def bench_profiles(rows: list[dict], device: str, progress, worst: int = 4) -> l
     """torch.profiler on the cells that miss their efficiency target (the ``worst`` furthest above it)."""
     missed = sorted((r for r in rows if r["efficiency"] > _eff_limit(r["interpreter"])),
                     key=lambda r: r["efficiency"] / _eff_limit(r["interpreter"]), reverse=True)[:worst]
+    if not rows:
+        return ["No cell was measured (see the rows above); nothing to profile."]
     if not missed:
-        return ["Every cell meets its efficiency target; nothing to profile."]
+        return ["Every measured cell meets its efficiency target; nothing to profile."]
     lines = ["Share of the profiled operator self time (a conv or matmul kernel is pass work; everything else "
              "is the overhead that the efficiency figure counts):", ""]
     for r in missed:

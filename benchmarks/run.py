@@ -155,8 +155,10 @@ def _gpu_note(device: str) -> list[str]:
         return [f"Measured on {torch.cuda.get_device_name()}: the tables above are the GPU figures."]
     return ["No GPU was available to this run: the tables above are CPU figures. On a GPU host run "
             "`python benchmarks/run.py --device cuda --out BENCHMARKS-gpu.md`: the same script measures "
-            "s/image, efficiency and the paper projection on that GPU (no GPU figures exist yet: the "
-            "development sessions' device tool lent no GPU to this work when this report was generated)."]
+            "s/image, efficiency and the paper projection on that GPU. GPU figures measured so far, and "
+            "which of their sections are missing, are in BENCHMARKS-gpu.md and the README's Benchmarks "
+            "section; `benchmarks/cuda_syncs.py` audits the attack loops for host syncs on a GPU "
+            "(docs/gpu-syncs.md)."]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         load[mark[1]] = os.getloadavg()[0]
         mark[:] = [now, name]
         progress(name)
+        if name != "end":  # a partial report survives a killed run (a lease or a job limit running out)
+            args.out.write_text("\n".join([*lines, "", f"*Incomplete: the run stopped during section "
+                                           f"'{name}'.*", ""]))
 
     def progress(msg: str) -> None:
         print(f"[bench {time.perf_counter() - t_start:6.0f} s] {msg}", file=sys.stderr, flush=True)
