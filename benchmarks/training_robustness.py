@@ -35,7 +35,7 @@ RTS_TRUE_BAR, RTS_GAP_BAR = 0.45, 0.15
 _CHILD = r"""
 import json, sys, torch
 torch.set_num_threads(int(sys.argv[1]))
-kind, model, seed = sys.argv[2], sys.argv[3], int(sys.argv[4])
+kind, model, seed, override = sys.argv[2], sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5])
 if kind == "classifier":
     from adv2core.models.registry import train_embedded
     from adv2core.models.training import TrainConfig
@@ -48,17 +48,27 @@ else:
     from adv2core.interpreters.rts_training import train_rts
     from adv2core.models.registry import load_model
     clf = load_model(model, train_if_missing=True)
-    cfg = load_interpreter_config("quick")["rts"].model_copy(update={"seed": seed, "quality_retries": 0,
-                                                                     "quality_min_iou": 0.0, "quality_min_gap": 0.0})
+    base = load_interpreter_config("quick")["rts"]
+    cfg = type(base).model_validate({**base.model_dump(), **override, "seed": seed, "quality_retries": 0,
+                                     "quality_min_iou": 0.0, "quality_min_gap": 0.0})
     t0 = time.perf_counter()
-    _, m = train_rts(model, clf, None, cfg, progress=False, force=True)
-    print(json.dumps({"true": m["loc_iou_true"], "wrong": m["loc_iou_wrong"], "seconds": time.perf_counter() - t0}))
+    try:
+        _, m = train_rts(model, clf, None, cfg, progress=False, force=True)
+    except Exception as e:  # a wrong class above the true one misses even the zero gap: report its numbers
+        import re
+        hit = re.search(r"seed \d+: ([0-9.]+) / ([0-9.]+)", str(e))
+        if hit is None:
+            raise
+        m = {"loc_iou_true": float(hit[1]), "loc_iou_wrong": float(hit[2])}
+    print(json.dumps({"true": m["loc_iou_true"], "wrong": m["loc_iou_wrong"], "seconds": time.perf_counter() - t0,
+                      "selector_acc": m.get("phase1_exists_accuracy")}))
 """
 
 
-def _child(kind: str, model: str, seed: int, threads: int, data_root: Path) -> dict:
+def _child(kind: str, model: str, seed: int, threads: int, data_root: Path, override: dict | None = None) -> dict:
     env = {**os.environ, "ADV2_DATA": str(data_root), "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(threads), kind, model, str(seed)], env=env,
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(threads), kind, model, str(seed),
+                          json.dumps(override or {})], env=env,
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -81,15 +91,25 @@ def main() -> int:
                     help="log of an earlier (interrupted) run: its cells are not retrained, its rows are reported")
     ap.add_argument("--root", action="append", default=[], metavar="THREADS=PATH",
                     help="reuse this data root for a thread count (e.g. the one an interrupted run trained in)")
+    ap.add_argument("--rts-threads", type=int, nargs="+", default=None,
+                    help="thread counts of the RTS trainings (default: the largest of --threads); each must be "
+                    "one of --threads (its data root holds the classifiers)")
+    ap.add_argument("--rts-only", action="store_true",
+                    help="train only the RTS maskers (the classifiers of each root are loaded, trained if missing)")
+    ap.add_argument("--rts-override", type=json.loads, default={}, metavar="JSON",
+                    help='RTS recipe fields over the quick preset\'s, e.g. \'{"phase2_iterations": 800}\' (a sweep)')
     ap.add_argument("--rts-first", action="store_true",
                     help="train seed 0 and the RTS maskers before the other seeds (a short budget gets both halves)")
     args = ap.parse_args()
+    rts_threads = args.rts_threads or [max(args.threads)]
+    if not set(rts_threads) <= set(args.threads):
+        ap.error(f"--rts-threads {rts_threads} must be among --threads {args.threads}")
 
     t_start = time.perf_counter()
     rows, rts_rows = [], []
     if args.from_log is not None:  # render what an earlier (possibly interrupted) run printed
         rows, rts_rows = _read_log([args.from_log])
-        return _render(args, rows, rts_rows, None, partial=True)
+        return _render(args, rows, rts_rows, None, partial=True if rows else "sweep")
     done_rows, done_rts = _read_log(args.done)
     done = {("classifier", r["model"], r["seed"], r["threads"]) for r in done_rows if "acc" in r}
     done |= {("rts", r["model"], r["seed"], r["threads"]) for r in done_rts if "true" in r}
@@ -98,15 +118,18 @@ def main() -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     def job(kind: str, model: str, seed: int, threads: int) -> dict:
-        r = {"model": model, "seed": seed, "threads": threads, **_child(kind, model, seed, threads, roots[threads])}
+        override = args.rts_override if kind == "rts" else None
+        r = {"model": model, "seed": seed, "threads": threads,
+             **({"override": override} if override else {}),
+             **_child(kind, model, seed, threads, roots[threads], override)}
         print(json.dumps({"kind": kind, **r}), flush=True)
         return r
 
     # the resnet-mini of each root first: densenet-mini's RTS encoder is the default resnet-mini
     order = sorted(args.models, key=lambda m: m != "resnet-mini")
     threads = max(args.threads)
-    clf = [("classifier", m, s, t) for t in args.threads for m in order for s in args.seeds]
-    rts = [] if args.no_rts else [("rts", m, s, threads) for m in order for s in args.rts_seeds]
+    clf = [] if args.rts_only else [("classifier", m, s, t) for t in args.threads for m in order for s in args.seeds]
+    rts = [] if args.no_rts else [("rts", m, s, t) for t in rts_threads for m in order for s in args.rts_seeds]
     if args.rts_first:  # the RTS jobs need the seed-0 classifiers of their root: those go first
         first = [c for c in clf if c[2] == 0 and c[3] == threads]
         plan = first + rts + [c for c in clf if c not in first]
@@ -162,6 +185,8 @@ def _render(args: argparse.Namespace, rows: list[dict], rts_rows: list[dict], se
         + {False: "",
            True: " **Partial**: rendered (`--from-log`) from the rows an interrupted run had finished; the "
                  "missing cells of the matrix were not measured.",
+           "sweep": " Rendered (`--from-log`) from the rows of RTS-only runs (`--rts-only`: a recipe sweep); "
+                    "each masker was trained in the data root of its thread count, on that root's seed-0 classifiers.",
            "combined": " Rows of an earlier, interrupted run of the same code (`--done`) are combined with this "
                        "run's; cells marked 'not run' were not measured by either."}[partial],
         "",
@@ -184,21 +209,31 @@ def _render(args: argparse.Namespace, rows: list[dict], rts_rows: list[dict], se
     secs = [r["seconds"] for r in rows if "seconds" in r]
     if secs:
         lines += ["", f"Training time per model: {min(secs):.0f}-{max(secs):.0f} s."]
+    if not rows:  # an RTS-only run (a recipe sweep): no classifier table of "not run" cells
+        del lines[next(i for i, line in enumerate(lines) if line.startswith("## Classifiers")):]
     if rts_rows:
+        recipes = sorted({json.dumps(r.get("override", {}), sort_keys=True) for r in rts_rows})
         lines += [
             "",
             f"## RTS masking models (`adv2 train-rts`, quick preset): localisation top-k IoU true / wrong class, "
             f"bar true >= {RTS_TRUE_BAR} and gap >= {RTS_GAP_BAR}: **{'PASS' if ok_rts else 'FAIL'}**",
             "",
-            "| model | seed | true class | wrong class | gap | seconds |",
-            "|---|---|---|---|---|---|",
+            "Recipe: the quick preset's `rts` section" + ("" if recipes == ["{}"] else ", with " + "; ".join(
+                "none" if r == "{}" else f"`{r}`" for r in recipes) + " over it (column *recipe*)") + ".",
+            "",
+            "| model | torch threads | seed | true class | wrong class | gap | bar | seconds | recipe |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rts_rows:
+            head = f"| {r['model']} | {r.get('threads', '–')} | {r['seed']} |"
+            recipe = json.dumps(r["override"], sort_keys=True) if r.get("override") else "preset"
             if "true" in r:
-                lines.append(f"| {r['model']} | {r['seed']} | {r['true']:.3f} | {r['wrong']:.3f} | "
-                             f"{r['true'] - r['wrong']:.3f} | {r['seconds']:.0f} |")
+                ok = r["true"] >= RTS_TRUE_BAR and r["true"] - r["wrong"] >= RTS_GAP_BAR
+                lines.append(f"{head} {r['true']:.3f} | {r['wrong']:.3f} | {r['true'] - r['wrong']:.3f} | "
+                             f"{'pass' if ok else '**miss**'} | "
+                             f"{'–' if r.get('seconds') is None else format(r['seconds'], '.0f')} | {recipe} |")
             else:
-                lines.append(f"| {r['model']} | {r['seed']} | error: {r['error']} | | | |")
+                lines.append(f"{head} error: {r['error']} | | | | | {recipe} |")
     text = "\n".join(lines) + "\n"
     publish(text, args.out)
     return 0 if ok_acc and ok_rts else 1
