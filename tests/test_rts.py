@@ -101,6 +101,42 @@ def test_fused_map_and_extra_loss_equal_the_separate_ones(densenet, resnet, test
     assert fused.flops < separate.flops  # the encoder ran once
 
 
+@pytest.mark.parametrize("gate_skips", [False, True])
+def test_gate_skips_shuts_the_skips_with_the_class_gate(gate_skips, densenet, test_batch):
+    """With ``gate_skips`` a shut class gate (sigmoid(act - confidence) = 0) leaves nothing of the image in
+    the mask: the encoder skips are gated too. Without it (pytorch-saliency's wiring) the skips still draw
+    the image into the mask, the faint wrong-class copies of docs/rts-recipe-sweep-amd.md."""
+    torch.manual_seed(0)
+    masker = build_masker(densenet, _cfg(gate_skips=gate_skips, encoder="own")).eval()
+    x = test_batch.images[:4]
+    feats = masker.encoder(x)
+    other = [f + torch.randn_like(f) for f in feats[:-1]] + [feats[-1]]
+    with torch.no_grad():
+        shut = masker.decode(feats, test_batch.labels[:4], 1e4)[0]
+        shut_other = masker.decode(other, test_batch.labels[:4], 1e4)[0]
+        open_ = masker.decode(feats, test_batch.labels[:4], -1e4)[0]
+        open_other = masker.decode(other, test_batch.labels[:4], -1e4)[0]
+    assert (open_ - open_other).abs().max() > 1e-3  # an open gate lets the skips through either way
+    moved = (shut - shut_other).abs().max()
+    assert (moved == 0) if gate_skips else (moved > 1e-3)
+
+
+def test_gate_skips_keeps_older_maskers_keys_and_run_hashes():
+    """Off, the setting is in neither the masker cache key nor the run's resolved parameters (the config
+    hashes of stored runs stay valid); on, it is in both."""
+    from adv2core.config import ResolvedConfig
+    from adv2core.config.hashing import config_hash
+    from adv2core.config.loading import load_config
+
+    assert "gate_skips" not in RTSConfig().training_key()
+    assert RTSConfig(gate_skips=True).training_key()["gate_skips"] is True
+    off = ResolvedConfig.from_bench(load_config("quick"))
+    on = ResolvedConfig.from_bench(load_config("quick", overrides=["interpreters.overrides.rts.gate_skips=true"]))
+    assert "gate_skips" not in off.interpreter_params["rts"]
+    assert on.interpreter_params["rts"]["gate_skips"] is True
+    assert config_hash(on.hashed()) != config_hash(off.hashed())
+
+
 def test_resnet50_masker_geometry():
     from adv2core.models.torchvision_models import resnet50
 

@@ -103,6 +103,12 @@ class RTSConfig(BaseModel):
         description="BatchNorm on each encoder skip before the U-Net fuses it; needed where the skips are not "
         "normalised features (SqueezeNet 1.1: without it the mask ignores the class-gated flow, class-blind)",
     )
+    gate_skips: bool = Field(
+        False,
+        description="multiply every encoder skip by the selected class's gate too (deviation from "
+        "pytorch-saliency, which gates only the deepest features): without it the skips draw the object "
+        "for any class and the wrong-class mask is a faint copy of the true one (docs/rts-recipe-sweep-amd.md)",
+    )
     mask_eps: float = Field(1e-8, ge=0, description="mask = |a| / (|a| + |b| + eps)")
     model_confidence: float = Field(6.0, description="selector gate offset at inference (attack and benign maps)")
 
@@ -170,8 +176,9 @@ class RTSConfig(BaseModel):
     def training_key(self) -> dict[str, Any]:
         """The fields that determine the trained weights (cache key); inference-only ones dropped."""
         key = self.model_dump(exclude={"model_confidence"})
-        if not self.skip_norm:  # added later: off, the key (and the cached maskers) stay as before
-            key.pop("skip_norm")
+        for added_later in ("skip_norm", "gate_skips"):  # off, the key (and the cached maskers) stay as before
+            if not key[added_later]:
+                key.pop(added_later)
         return key
 
 

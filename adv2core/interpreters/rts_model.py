@@ -30,6 +30,12 @@ Architecture (our own implementation of the pytorch-saliency design):
   200x more strongly, the mask does not depend on the class-gated deepest features (measured change
   3e-6 when they are zeroed) and the masker is class-blind. The mask is
   resized (bilinear) to input/4 when the finest skip is not there (55 -> 56 for SqueezeNet at 224).
+  With ``gate_skips`` (a deviation from pytorch-saliency, off in every preset) every skip is also
+  multiplied by the class gate sigmoid(act - confidence), resized to it. Without it the shallower skips
+  carry the object into the mask whatever the selected class: on the embedded models a wrong class got a
+  faint copy of the object's mask (a third to an eighth of the area, the same ranking, so a top-k IoU of
+  0.30-0.42 with the object, docs/rts-recipe-sweep-amd.md); with it, 0.02-0.09, but the true-class
+  localisation of some seeds drops below the quality bar.
   Encoders with an exact x2 pyramid (ResNets, EfficientNet-Lite0, the embedded models) never resize.
 * **head**: 1x1 conv to two channels (a, b); mask = |a| / (|a| + |b| + eps) in [0,1].
 """
@@ -205,11 +211,14 @@ class _UpStage(nn.Module):
             )
         self.fuse = _Bottleneck(cout + cskip, cout)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
         up = self.up(x)
         if up.shape[-2:] != skip.shape[-2:]:  # a pyramid that is not exactly x2 (SqueezeNet: 13 -> 27 -> 55)
             up = F.interpolate(up, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.fuse(torch.cat([up, self.skip_norm(skip)], dim=1))
+        skip = self.skip_norm(skip)
+        if gate is not None:  # the class gate of the deepest features, resized to this skip (gate_skips)
+            skip = skip * F.interpolate(gate, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.fuse(torch.cat([up, skip], dim=1))
 
 
 class MaskingModel(nn.Module):
@@ -217,10 +226,11 @@ class MaskingModel(nn.Module):
 
     def __init__(
         self, encoder: ClassifierEncoder, num_classes: int, decoder_base: int = 64, mask_eps: float = 1e-8,
-        upsample: str = "pixel_shuffle", skip_norm: bool = False,
+        upsample: str = "pixel_shuffle", skip_norm: bool = False, gate_skips: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
+        self.gate_skips = gate_skips
         #: False when the encoder was built untrained (its weights must come from a checkpoint)
         self.encoder_pretrained = True
         self.num_classes = num_classes
@@ -255,9 +265,10 @@ class MaskingModel(nn.Module):
         """(mask [N,1,S/4,S/4], exists logits [N,2]) from encoder features."""
         deepest = feats[-1]
         act = self.selector_act(deepest, cls)
-        flow = deepest * torch.sigmoid(act - confidence)
+        gate = torch.sigmoid(act - confidence)
+        flow = deepest * gate
         for stage, skip in zip(self.stages, reversed(feats[:-1])):
-            flow = stage(flow, skip)
+            flow = stage(flow, skip, gate if self.gate_skips else None)
         ab = self.to_mask(flow).abs()
         a, b = ab[:, 0:1], ab[:, 1:2]
         mask = a / (a + b + self.mask_eps)
@@ -331,7 +342,7 @@ def build_masker(classifier: Classifier, cfg: RTSConfig, encoder_model: Classifi
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         masker = MaskingModel(encoder, classifier.num_classes, cfg.decoder_base, cfg.mask_eps, cfg.upsample,
-                              cfg.skip_norm)
+                              cfg.skip_norm, cfg.gate_skips)
     masker.encoder_pretrained = pretrained
     return masker.to(classifier.mean.device)
 
