@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         for p, f in zip(masker.parameters(), flags):
             p.requires_grad_(f)
         print(json.dumps({"model": args.model, "seed": args.seed, "threads": args.threads,
-                          "fake_area_weight": args.fake_area_weight, "it": iteration,
+                          "override": json.loads(args.override), "fake_area_weight": args.fake_area_weight,
+                          "it": iteration,
                           "true": round(rep["iou_true"], 3), "wrong": round(rep["iou_wrong"], 3),
                           "area_true": round(area_true, 3), "area_wrong": round(area_wrong, 3)}), flush=True)
 
