@@ -220,12 +220,12 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
         with profile(activities=acts) as prof:
             go()
+        averages = prof.key_averages()
         # torch >= 2.4 names the accelerator's self time self_device_time_total (self_cuda_time_total went)
         key = "self_cpu_time_total"
         if device.startswith("cuda"):
-            key = next(k for k in ("self_device_time_total", "self_cuda_time_total")
-                       if hasattr(prof.key_averages()[0], k))
-        events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+            key = "self_device_time_total" if hasattr(averages[0], "self_device_time_total") else "self_cuda_time_total"
+        events = sorted(averages, key=lambda e: getattr(e, key), reverse=True)
         total = sum(getattr(e, key) for e in events) or 1.0
         out["top"] = [(e.key, getattr(e, key) / total, e.count) for e in events[:job.get("top", 6)]]
         return out

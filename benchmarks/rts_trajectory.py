@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
     clf = load_model(args.model, train_if_missing=True)
     cfg = interpreter_spec("rts", "quick", args.model).config
-    cfg = cfg.model_copy(update={**json.loads(args.override), "seed": args.seed})
+    override = json.loads(args.override)
+    cfg = cfg.model_copy(update={**override, "seed": args.seed})
     encoder = resolve_encoder_model(args.model, clf, None, cfg, train_if_missing=True)
     masker = build_masker(clf, cfg, encoder)
     x, y, _ = EmbeddedDataset("train", EmbeddedDataConfig()).tensors()
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         for p, f in zip(masker.parameters(), flags):
             p.requires_grad_(f)
         print(json.dumps({"model": args.model, "seed": args.seed, "threads": args.threads,
-                          "override": json.loads(args.override), "fake_area_weight": args.fake_area_weight,
+                          "override": override, "fake_area_weight": args.fake_area_weight,
                           "it": iteration,
                           "true": round(rep["iou_true"], 3), "wrong": round(rep["iou_wrong"], 3),
                           "area_true": round(area_true, 3), "area_wrong": round(area_wrong, 3)}), flush=True)

@@ -159,7 +159,9 @@ def _full_dump(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, cls in sections.items():
         try:
-            out[key] = cls(**section_input(raw, key)).model_dump(mode="json")
+            section = cls(**section_input(raw, key))
+            # a section may leave unused later additions out of the dump (RTSConfig.params_dump)
+            out[key] = section.params_dump() if hasattr(section, "params_dump") else section.model_dump(mode="json")
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = ".".join(str(p) for p in err.get("loc", ()))
@@ -178,21 +180,10 @@ def attack_field(attack: str) -> str:
     return attack.replace("-", "_")
 
 
-#: settings added after results were stored: while off they are left out of the resolved parameters, so
-#: the config hashes of every run that does not use them stay as they were
-_ADDED_OFF = {"gate_skips": False}
-
-
-def _drop_off_fields(section: Any) -> Any:
-    if not isinstance(section, dict):
-        return section
-    return {k: _drop_off_fields(v) for k, v in section.items() if not (k in _ADDED_OFF and v == _ADDED_OFF[k])}
-
-
 def _prune(kind: str, full: dict[str, Any], names: list[str], interpreters: list[str]) -> dict[str, Any]:
     """Keep only what the selected names use, so unrelated settings never change the hash."""
     if kind == "interpreters":
-        return {k: _drop_off_fields(v) for k, v in full.items() if k in names}
+        return {k: v for k, v in full.items() if k in names}
     from adv2core.attacks.config import interpreter_section  # rts-aid is attacked with rts's section
 
     keep = {attack_field(a) for a in names}

@@ -173,13 +173,20 @@ class RTSConfig(BaseModel):
         _odd("alt_blur_kernel", self.alt_blur_kernel)
         return self
 
+    def _dump_without_off(self, added_later: tuple[str, ...], **kw: Any) -> dict[str, Any]:
+        """``model_dump`` without the switches of ``added_later`` that are off: settings added after keys or
+        hashes were stored leave those keys and hashes as they were until they are used."""
+        dump = self.model_dump(**kw)
+        return {k: v for k, v in dump.items() if not (k in added_later and v is False)}
+
     def training_key(self) -> dict[str, Any]:
         """The fields that determine the trained weights (cache key); inference-only ones dropped."""
-        key = self.model_dump(exclude={"model_confidence"})
-        for added_later in ("skip_norm", "gate_skips"):  # off, the key (and the cached maskers) stay as before
-            if not key[added_later]:
-                key.pop(added_later)
-        return key
+        return self._dump_without_off(("skip_norm", "gate_skips"), exclude={"model_confidence"})
+
+    def params_dump(self) -> dict[str, Any]:
+        """The settings as a run's resolved parameters (what its config hash covers); ``skip_norm`` was
+        already in stored run hashes when ``gate_skips`` came."""
+        return self._dump_without_off(("gate_skips",), mode="json")
 
 
 class AIDConfig(BaseModel):
