@@ -130,8 +130,8 @@ def test_gate_skips_keeps_older_maskers_keys_and_run_hashes():
 
     assert "gate_skips" not in RTSConfig().training_key()
     assert RTSConfig(gate_skips=True).training_key()["gate_skips"] is True
-    off = ResolvedConfig.from_bench(load_config("quick"))
-    on = ResolvedConfig.from_bench(load_config("quick", overrides=["interpreters.overrides.rts.gate_skips=true"]))
+    on = ResolvedConfig.from_bench(load_config("quick"))  # the quick preset gates the skips since 2026-12-04
+    off = ResolvedConfig.from_bench(load_config("quick", overrides=["interpreters.overrides.rts.gate_skips=false"]))
     assert "gate_skips" not in off.interpreter_params["rts"]
     assert on.interpreter_params["rts"]["gate_skips"] is True
     assert config_hash(on.hashed()) != config_hash(off.hashed())
