@@ -36,8 +36,8 @@ AID_LOC_FLOOR = 0.35
 # The RTS recipe AID's settings were tuned and its bars measured on: the quick preset's before 2026-12-04.
 # The current quick masker gates the encoder skips by the class (rts.gate_skips), and AID with these
 # settings does not harden it (benchmarks/aid_sweep.py, 2026-12-04, AMD, 2 threads: ADV^2 top-k IoU 0.669 ->
-# 0.674, L1 0.088 -> 0.079; 240 iterations, lr 3e-3 or sep_weight 30 no better): README "Adaptive ADV^2 and
-# AID" says so. This test keeps checking that AID works where it was shown to.
+# 0.674, L1 0.088 -> 0.079; 240 iterations, lr 3e-3, sep_weight 30, 4 + 12 inner steps or a frozen selector
+# no better): README "Adaptive ADV^2 and AID" says so. This test keeps checking that AID works where it was shown to.
 AID_BASE_RTS = {"gate_skips": False, "phase1_iterations": 200, "phase1_lr_step": 150, "phase2_batch_size": 16,
                 "phase2_fake_prob": 0.3, "area_coeff": 4.0}
 TINY_AID = dict(iterations=1, batch_size=2, attack_stage1_steps=1, attack_steps=1, lr=1e-2, attack_eps=0.0627,
