@@ -195,6 +195,21 @@ def test_adam_update_rule_matches_torch_in_float32(model, batch):
     torch.testing.assert_close(m, _torch_adam_maps(interp, x, y, m.shape, grads), atol=1e-6, rtol=0)
 
 
+def test_temperature_equals_a_scaled_classifier(model, batch):
+    """MASK at temperature T on f = MASK at temperature 1 on f / T (the last linear layer scaled by 1/T)."""
+    scaled = copy.deepcopy(model)
+    last = [mod for mod in scaled.modules() if isinstance(mod, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.div_(4.0)
+        last.bias.div_(4.0)
+    x, y = batch.images, batch.labels
+    m = torch.rand(x.shape[0], 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    hot, ref, cold = MASK(model, _cfg(temperature=4.0)), MASK(scaled, _cfg(temperature=1.0)), MASK(model, _cfg(temperature=1.0))
+    # float32 rounding of the rescaled weights: ~1e-7 relative on the logits, far below the tolerance
+    torch.testing.assert_close(hot.objective(x, m, y), ref.objective(x, m, y), atol=1e-5, rtol=0)
+    assert float((hot.objective(x, m, y) - cold.objective(x, m, y)).abs().max()) > 1e-3  # the option is not a no-op
+
+
 def test_objective_decreases(model, batch):
     interp = MASK(model, _cfg(iterations=25))
     x, y = batch.images, batch.labels

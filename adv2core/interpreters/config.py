@@ -50,6 +50,7 @@ class MaskConfig(BaseModel):
     eps: float = Field(1e-8, gt=0)
     iterations: int = Field(300, ge=0, **LOOP)
     init: float = Field(0.5, ge=0, le=1, description="initial mask value (1 keeps, 0 blurs)")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature of the class probability (paper: 1)")
     seed: int = Field(0, description="mixed with each image id to seed its jitter stream")
     # Inner-state reset used by the ADV^2 MASK attack every 50 outer iterations (spec 2.4, stage 2 step 1).
     reset_exp_avg_scale: float = Field(0.5, ge=0)

@@ -160,7 +160,10 @@ class MASK(Interpreter):
         big = F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False)
         big = gaussian_blur(big, self.cfg.mask_blur_kernel, self.cfg.mask_sigma)
         composite = x * big + xb * (1.0 - big)
-        prob = F.softmax(self.model(fast_layout(composite)), dim=1).gather(1, target[:, None])[:, 0]
+        logits = self.model(fast_layout(composite))
+        if self.cfg.temperature != 1.0:
+            logits = logits / self.cfg.temperature
+        prob = F.softmax(logits, dim=1).gather(1, target[:, None])[:, 0]
         l1 = (1.0 - m).abs().flatten(1).sum(1)
         tv = tv_norm(m, self.cfg.tv_beta, self.cfg.tv_transposed)
         return prob + self.cfg.l1_coeff * l1 + self.cfg.tv_coeff * tv
