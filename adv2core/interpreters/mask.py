@@ -7,8 +7,9 @@ whole batch at once. Each iteration:
    (21x21, sigma 3.5, reflect padding) are cropped back to S at a per-image jitter offset in
    {0..jitter-1}^2;
 2. m is bilinearly upsampled to S and blurred (11x11, sigma 2.0) into M;
-3. objective per image = softmax_c(f(x*M + blur(x)*(1-M))) + l1 * sum|1-m| + tv * TV_beta(m), with the
-   code's transposed TV (dy paired with dx^T);
+3. objective per image = softmax_c(f(x*M + blur(x)*(1-M)) / T) + l1 * sum|1-m| + tv * TV_beta(m), with the
+   code's transposed TV (dy paired with dx^T); T = ``temperature`` (paper 1; the quick preset's 4 keeps the
+   saturated mini models' maps from going flat);
 4. an Adam step (lr 0.1, bias-corrected from a per-image step counter), then m is clamped to [0,1].
 
 Why a hand-written Adam: the ADV^2 attack needs the optimiser state as data (reset, k plain steps, k
