@@ -29,6 +29,7 @@ from adv2core.attacks.config import load_preset  # noqa: E402
 from adv2core.bench.cell import default_interpreter, run_cell  # noqa: E402
 from adv2core.data.registry import get_dataset  # noqa: E402
 from adv2core.models.registry import load_model  # noqa: E402
+from adv2core.models.training import TrainConfig  # noqa: E402
 from adv2core.report import shape  # noqa: E402
 
 
@@ -55,9 +56,12 @@ def _loc_sweep(model, model_name: str, batch, variants: list[dict], common: dict
     for v in variants:
         t0 = time.perf_counter()
         interp = build_interpreter(interpreter_spec("mask", config=base.model_copy(update=v)), model)
-        loc = localization_iou(interp.saliency(interp.explain(batch.images, y, ids=list(batch.ids))), batch.masks)
+        m = interp.explain(batch.images, y, ids=list(batch.ids))
+        loc = localization_iou(interp.saliency(m), batch.masks)
         loc_w = localization_iou(interp.saliency(interp.explain(batch.images, wrong, ids=list(batch.ids))), batch.masks)
+        rng = (m.flatten(1).amax(1) - m.flatten(1).amin(1))
         print(json.dumps({"model": model_name, "mask_cfg": v, "loc_true": loc.mean().item(), "loc_wrong": loc_w.mean().item(),
+                          "flat_frac": (rng < 0.05).float().mean().item(),
                           "seconds": time.perf_counter() - t0}), flush=True)
 
 
@@ -77,6 +81,7 @@ def main() -> int:
     ap.add_argument("--mask-cfg", default="{}", help="JSON overrides of the MASK interpreter config (attacks too)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-seed", type=int, default=0, help="the classifiers' training seed (their checkpoint)")
     args = ap.parse_args()
     variants = [json.loads(v) for v in (args.variant or ["{}"])]
     dev = torch.device(args.device)
@@ -89,7 +94,7 @@ def main() -> int:
     results = []
     for model_name in args.models:
         t0 = time.perf_counter()
-        model = load_model(model_name, train_if_missing=True, device=dev)
+        model = load_model(model_name, train_if_missing=True, device=dev, train_cfg=TrainConfig(seed=args.train_seed))
         # the population of the pipeline: correctly classified images, in dataset order
         cand = ds.load(range(args.offset, min(len(ds), args.offset + 4 * args.images))).to(dev)
         with torch.no_grad():
