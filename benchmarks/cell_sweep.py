@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from adv2core.attacks.config import load_preset  # noqa: E402
 from adv2core.bench.cell import default_interpreter, run_cell  # noqa: E402
 from adv2core.data.registry import get_dataset  # noqa: E402
+from adv2core.gates import GatesConfig, map_degeneracy  # noqa: E402
 from adv2core.models.registry import load_model  # noqa: E402
 from adv2core.models.training import TrainConfig  # noqa: E402
 from adv2core.report import shape  # noqa: E402
@@ -59,9 +60,8 @@ def _loc_sweep(model, model_name: str, batch, variants: list[dict], common: dict
         m = interp.explain(batch.images, y, ids=list(batch.ids))
         loc = localization_iou(interp.saliency(m), batch.masks)
         loc_w = localization_iou(interp.saliency(interp.explain(batch.images, wrong, ids=list(batch.ids))), batch.masks)
-        rng = (m.flatten(1).amax(1) - m.flatten(1).amin(1))
         print(json.dumps({"model": model_name, "mask_cfg": v, "loc_true": loc.mean().item(), "loc_wrong": loc_w.mean().item(),
-                          "flat_frac": (rng < 0.05).float().mean().item(),
+                          "flat_frac": map_degeneracy(m, GatesConfig(min_range=0.05))["constant_fraction"],
                           "seconds": time.perf_counter() - t0}), flush=True)
 
 
