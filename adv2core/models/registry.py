@@ -162,7 +162,7 @@ def checkpoint_path(name: str, data_cfg: Any | None = None, train_cfg: TrainConf
     data_cfg = _data_cfg(data_cfg)
     train_cfg = train_cfg or TrainConfig()
     _, manifest = prepare_embedded(data_cfg)
-    key = stable_hash(name, manifest["content_sha256"], train_cfg.model_dump())
+    key = stable_hash(name, manifest["content_sha256"], train_cfg.recipe(name))
     return cache_dir("checkpoints") / f"{name}-{key}.pt"
 
 
@@ -199,7 +199,7 @@ def train_embedded(
     metrics = train_classifier(model, train[:2], test[:2], train_cfg, progress=progress)
     # timings stay out of the file, so the same training gives byte-identical checkpoints (sha256 in runs)
     saved = {k: v for k, v in metrics.items() if not k.endswith("seconds")}
-    meta = {"name": name, "metrics": saved, "train_config": train_cfg.model_dump(), "data_config": data_cfg.model_dump()}
+    meta = {"name": name, "metrics": saved, "train_config": train_cfg.recipe(name), "data_config": data_cfg.model_dump()}
     save_checkpoint(path, model.state_dict(), meta)
     return _finalize(model, "cpu"), {**metrics, "cached": False, "checkpoint": str(path)}
 
