@@ -41,7 +41,8 @@ kind, model, seed, override = sys.argv[2], sys.argv[3], int(sys.argv[4]), json.l
 if kind == "classifier":
     from adv2core.models.registry import train_embedded
     from adv2core.models.training import TrainConfig
-    clf, m = train_embedded(model, None, TrainConfig(seed=seed), progress=False, force=True)
+    cfg = TrainConfig(**{**override, "seed": seed})
+    clf, m = train_embedded(model, None, cfg, progress=False, force=True)
     # the quick preset's targeted PGD on the first 96 test images it classifies correctly (the order and batches
     # of 16 the demo attacks them in; its population is the first 32): is the checkpoint attackable at all?
     from adv2core.attacks.registry import build_attack
@@ -56,7 +57,7 @@ if kind == "classifier":
         p_true = clf(b.images).softmax(1).gather(1, b.labels[:, None]).median().item()
     print(json.dumps({"acc": m["test_accuracy"], "seconds": m["train_seconds"], "plateau": m["plateau_steps"],
                       "steps": m["steps"], "pgd": hit.float().mean().item(), "pgd32": hit[:32].float().mean().item(),
-                      "p_true_median": p_true}))
+                      "p_true_median": p_true, "label_smoothing": cfg.for_model(model).label_smoothing}))
 else:
     import time
     from adv2core.interpreters.config import load_interpreter_config
@@ -113,6 +114,8 @@ def main() -> int:
                     help="train only the RTS maskers (the classifiers of each root are loaded, trained if missing)")
     ap.add_argument("--rts-override", type=json.loads, default={}, metavar="JSON",
                     help='RTS recipe fields over the quick preset\'s, e.g. \'{"phase2_iterations": 800}\' (a sweep)')
+    ap.add_argument("--train-override", type=json.loads, default={}, metavar="JSON",
+                    help="classifier recipe fields over the default TrainConfig, e.g. '{\"label_smoothing\": 0.0}'")
     ap.add_argument("--rts-first", action="store_true",
                     help="train seed 0 and the RTS maskers before the other seeds (a short budget gets both halves)")
     args = ap.parse_args()
@@ -133,7 +136,7 @@ def main() -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     def job(kind: str, model: str, seed: int, threads: int) -> dict:
-        override = args.rts_override if kind == "rts" else None
+        override = (args.rts_override if kind == "rts" else args.train_override) or None
         r = {"model": model, "seed": seed, "threads": threads,
              **({"override": override} if override else {}),
              **_child(kind, model, seed, threads, roots[threads], override)}
@@ -209,7 +212,11 @@ def _render(args: argparse.Namespace, rows: list[dict], rts_rows: list[dict], se
         f"**{'PASS' if ok_acc else 'FAIL'}{' on the measured cells' if missing else ''}**",
         "",
         "Cells: test accuracy (steps at the constant learning rate before the anneal started: the loss "
-        "sits at chance, then learning, until its running mean is below 0.35).",
+        "sits at chance, then learning, until its running mean is 0.35 above its floor).",
+        "",
+        "Recipe: `TrainConfig()` with the model's defaults; label smoothing by model: " + "; ".join(
+            f"{m} {', '.join(sorted({str(r.get('label_smoothing', '0 (rows before 2026-12-05)')) for r in rows if r['model'] == m}))}"
+            for m in args.models) + ".",
         "",
         "| model | torch threads | " + " | ".join(f"seed {s}" for s in args.seeds) + " | min |",
         "|---|---|" + "---|" * (len(args.seeds) + 1),
@@ -219,7 +226,7 @@ def _render(args: argparse.Namespace, rows: list[dict], rts_rows: list[dict], se
             cells = {r["seed"]: r for r in rows if r["model"] == model and r["threads"] == threads}
             vals = [("not run" if s not in cells else f"{cells[s]['acc']:.4f} ({cells[s]['plateau']})"
                      if "acc" in cells[s] else f"error: {cells[s]['error']}") for s in args.seeds]
-            accs = [r["acc"] for r in cells.values() if "acc" in r]
+            accs = [cells[s]["acc"] for s in args.seeds if "acc" in cells.get(s, {})]
             lines.append(f"| {model} | {threads} | " + " | ".join(vals) + (f" | {min(accs):.4f} |" if accs else " | – |"))
     secs = [r["seconds"] for r in rows if "seconds" in r]
     if secs:
@@ -236,7 +243,8 @@ def _render(args: argparse.Namespace, rows: list[dict], rts_rows: list[dict], se
                   "|---|---|" + "---|" * (len(args.seeds) + 1)]
         for model in args.models:
             for threads in args.threads:
-                cells = {r["seed"]: r for r in pgd_rows if r["model"] == model and r["threads"] == threads}
+                cells = {r["seed"]: r for r in pgd_rows if r["model"] == model and r["threads"] == threads
+                                   and r["seed"] in args.seeds}
                 vals = ["not run" if s not in cells else
                         f"{cells[s]['pgd32']:.3f} / {cells[s]['pgd']:.3f} ({cells[s]['p_true_median']:.3f})" for s in args.seeds]
                 lines.append(f"| {model} | {threads} | " + " | ".join(vals)

@@ -41,6 +41,9 @@ STADV_MAX_RATIO = 0.85
 #:   two threads: success ADV^2 0.94 / 0.88 / 0.94 (PGD 0.94 / 0.88 / 0.88); L1 ratio 0.595 / 0.476 / 0.525
 #: The old bar (ratio 0.7) was resnet-mini's, never measured on densenet-mini, and failed CI's one-thread
 #: pass (0.713). 0.85 keeps >= 0.14 of headroom on the worst run; success 0.7 keeps one image to spare.
+#: Since densenet-mini is trained with label smoothing 0.2 (2026-12-05, AMD EPYC 2-core, attack seed 0, fixture
+#: trained from an empty test cache): one thread: success ADV^2 / PGD 1.00 / 1.00, L1 0.0845 / 0.2443 (ratio 0.35);
+#: two threads: 1.00 / 1.00, L1 0.0578 / 0.2071 (ratio 0.28). The bars stay: they were set on the older fixtures.
 MIN_SUCCESS_DENSENET = 0.7
 MAX_RATIO_DENSENET_CAM = 0.85
 

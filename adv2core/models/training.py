@@ -70,9 +70,9 @@ class TrainConfig(BaseModel):
 #: smoothing, measured 2026-12-05 on the 2-core AMD EPYC host (quick PGD, eps 16/255, on the first 96 correctly
 #: classified test images): without it the model saturates (median benign p(y) 0.995) and the share of
 #: targets PGD reaches depended on the checkpoint, 0.81-1.00 by seed and thread count (three of four
-#: checkpoints under the 0.9 bar); with 0.1 it was 0.95-0.99 (p(y) ~0.91); with 0.2 it is 0.97-1.00 on seeds
-#: 0-2 and 1-2 threads (p(y) ~0.82) at test accuracy 1.0, and ADV²-MASK keeps its shape (L1 ratio 0.52, IoU
-#: gain +0.15). benchmarks/training_robustness.py re-measures it (docs/training-robustness.md).
+#: checkpoints under the 0.9 bar); with 0.1 it was 0.95-0.99 (p(y) ~0.91); with 0.2 it is 0.94-1.00 on seeds
+#: 0-4 and 1-2 threads (p(y) ~0.82) at test accuracy 1.0, and ADV²-MASK keeps its shape (L1 ratio 0.52, IoU
+#: gain +0.15). benchmarks/training_robustness.py re-measures it (docs/training-robustness-ls-amd.md).
 MODEL_DEFAULTS: dict[str, dict] = {"densenet-mini": {"label_smoothing": 0.2}}
 #: The per-model fields and their value for a model without a default.
 _PER_MODEL = {"label_smoothing": 0.0}
