@@ -61,9 +61,7 @@ class TrainConfig(BaseModel):
         """The fields that identify ``name``'s checkpoint (cache key, checkpoint metadata). A field added after
         the first checkpoints were published drops out at its neutral value, so those keys and files stay."""
         d = self.for_model(name).model_dump()
-        if d["label_smoothing"] == 0.0:
-            del d["label_smoothing"]
-        return d
+        return {k: v for k, v in d.items() if k not in _PER_MODEL or v != _PER_MODEL[k]}
 
 
 #: Recipe fields that differ by model (applied where a TrainConfig leaves them None). densenet-mini's label
@@ -122,7 +120,7 @@ def train_classifier(
     torch.manual_seed(cfg.seed)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     cfg = cfg.for_model(model.name)
-    ls = float(cfg.label_smoothing or 0.0)
+    ls = cfg.label_smoothing
     loss_floor = smoothed_loss_floor(model.num_classes, ls)  # the plateau test is relative to it
     steps_per_epoch = (len(x_train) + cfg.batch_size - 1) // cfg.batch_size
     anneal_steps = cfg.epochs * steps_per_epoch
