@@ -57,17 +57,24 @@ def main() -> int:
     ap.add_argument("--model", default="densenet-mini")
     ap.add_argument("--images", type=int, default=96, help="first N test images (the correct ones are attacked)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eps", type=float, default=None, help="L-inf budget instead of the preset's (e.g. 8/255 = 0.0314)")
+    ap.add_argument("--alpha", type=float, default=None, help="step size (default: the preset's, scaled with --eps)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     b, _ = select_population(model, EmbeddedDataset("test").load(list(range(args.images))), "correct")
     target = target_classes(b.labels, b.ids, model.num_classes, seed=0)
     pgd = load_preset("quick").pgd
+    if args.eps is not None or args.alpha is not None:
+        eps = args.eps if args.eps is not None else pgd.eps
+        pgd = pgd.model_copy(update={"eps": eps, "alpha": args.alpha if args.alpha is not None else pgd.alpha * eps / pgd.eps})
+    budget = {"eps": pgd.eps, "alpha": pgd.alpha}
     print(f"# {args.model}: {len(b)} of the first {args.images} test images correct; quick PGD eps {pgd.eps:g}, "
           f"alpha {pgd.alpha:.5f}, {pgd.steps} steps; {machine_line()}, {args.threads} threads")
     variants = [("quick (40 steps)", {}), ("80 steps", {"steps": 80}), ("160 steps", {"steps": 160}),
                 ("80 steps, alpha / 2", {"steps": 80, "alpha": pgd.alpha / 2}),
                 ("40 steps, early stop", {"early_stop": True}), ("80 steps, early stop", {"steps": 80, "early_stop": True})]
+    variants = [(label, {**budget, **ov}) for label, ov in variants]
     print("| PGD | success, all | success, first 32 | missed (index among the correct images) | seconds |")
     print("|---|---|---|---|---|")
     never = None
