@@ -64,17 +64,17 @@ def main() -> int:
     model = load_model(args.model)
     b, _ = select_population(model, EmbeddedDataset("test").load(list(range(args.images))), "correct")
     target = target_classes(b.labels, b.ids, model.num_classes, seed=0)
-    pgd = load_preset("quick").pgd
-    if args.eps is not None or args.alpha is not None:
-        eps = args.eps if args.eps is not None else pgd.eps
-        pgd = pgd.model_copy(update={"eps": eps, "alpha": args.alpha if args.alpha is not None else pgd.alpha * eps / pgd.eps})
-    budget = {"eps": pgd.eps, "alpha": pgd.alpha}
+    preset = load_preset("quick")
+    if args.eps is not None or args.alpha is not None:  # another budget: the preset's pgd section rewritten once
+        data, eps = preset.model_dump(), args.eps or preset.pgd.eps
+        data["pgd"].update(eps=eps, alpha=args.alpha or preset.pgd.alpha * eps / preset.pgd.eps)
+        preset = load_preset(data)
+    pgd = preset.pgd
     print(f"# {args.model}: {len(b)} of the first {args.images} test images correct; quick PGD eps {pgd.eps:g}, "
           f"alpha {pgd.alpha:.5f}, {pgd.steps} steps; {machine_line()}, {args.threads} threads")
     variants = [("quick (40 steps)", {}), ("80 steps", {"steps": 80}), ("160 steps", {"steps": 160}),
                 ("80 steps, alpha / 2", {"steps": 80, "alpha": pgd.alpha / 2}),
                 ("40 steps, early stop", {"early_stop": True}), ("80 steps, early stop", {"steps": 80, "early_stop": True})]
-    variants = [(label, {**budget, **ov}) for label, ov in variants]
     print("| PGD | success, all | success, first 32 | missed (index among the correct images) | seconds |")
     print("|---|---|---|---|---|")
     never = None
@@ -82,7 +82,7 @@ def main() -> int:
         t0 = time.perf_counter()
         hits = []
         for s in range(0, len(b), 16):
-            atk = build_attack("pgd", model, None, "quick", **ov)
+            atk = build_attack("pgd", model, None, preset, **ov)
             hits.append(atk(b.images[s:s + 16], target[s:s + 16], ids=b.ids[s:s + 16]).success)
         hit = torch.cat(hits)
         missed = (~hit).nonzero().flatten()
